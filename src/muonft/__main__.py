@@ -1,0 +1,5 @@
+import sys
+
+from muonft.cli import main
+
+sys.exit(main())
