@@ -1,0 +1,116 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from muonft.optim import orthogonality_error, orthogonalize
+from muonft.optim.orthogonalize import AutoPolicy
+
+
+def _svd_polar(G: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    return U @ Vh
+
+
+def _ill_conditioned(m: int, n: int, cond: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), k, dtype=torch.float64)
+    return ((U * s) @ V.T).float()
+
+
+def _well_conditioned(shape):
+    # Rectangular Gaussians are well conditioned; a square one gets an explicit spectrum
+    # (a square Gaussian's smallest σ is ~0, which no 5-step method can lift).
+    if shape[-1] == shape[-2]:
+        return _ill_conditioned(shape[-2], shape[-1], cond=10.0)
+    return torch.randn(*shape)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (32, 96), (96, 32), (3, 16, 48)])
+def test_ns5_singular_values_in_published_band(shape):
+    G = _well_conditioned(shape)
+    s = torch.linalg.svdvals(orthogonalize(G, "ns5", dtype=torch.float32).double())
+    # Keller Jordan's NS5 lands singular values in roughly [0.7, 1.2] for well-conditioned input.
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (32, 96), (96, 32)])
+def test_polar_express_converges_tighter_than_ns5(shape):
+    G = _well_conditioned(shape)
+    s = torch.linalg.svdvals(orthogonalize(G, "polar_express", dtype=torch.float32).double())
+    assert s.min() > 0.8 and s.max() < 1.2
+    assert orthogonality_error(orthogonalize(G, "polar_express", dtype=torch.float32)) < \
+        orthogonality_error(orthogonalize(G, "ns5", dtype=torch.float32))
+
+
+def test_ill_conditioned_input_stays_bounded():
+    G = _ill_conditioned(48, 128, cond=1e4)
+    for method in ("ns5", "polar_express", "gram_ns", "gram_polar_express"):
+        s = torch.linalg.svdvals(orthogonalize(G, method).double())
+        assert torch.isfinite(s).all() and s.max() < 1.3, method
+        # the top of the spectrum (σ ≥ 1e-2·σ₁) is mapped close to 1
+        top = s[:24]
+        assert top.min() > 0.5, method
+
+
+@pytest.mark.parametrize("method", ["exact_thin", "svd", "exact"])
+@pytest.mark.parametrize("shape", [(8, 200), (200, 8), (4, 16, 40), (50, 50)])
+def test_exact_polar_matches_svd_fp64(method, shape):
+    G = torch.randn(*shape, dtype=torch.float64)
+    U = orthogonalize(G, method)
+    assert U.dtype == torch.float64 and U.shape == G.shape
+    assert torch.allclose(U, _svd_polar(G), atol=1e-5)
+
+
+def test_exact_thin_rank_deficient_gives_partial_isometry():
+    a, b = torch.randn(6, 1, dtype=torch.float64), torch.randn(1, 30, dtype=torch.float64)
+    U = orthogonalize(a @ b, "exact_thin")
+    s = torch.linalg.svdvals(U)
+    assert abs(s[0] - 1) < 1e-6 and s[1:].abs().max() < 1e-6
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    m=st.integers(1, 24), n=st.integers(1, 24), batch=st.integers(1, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    method=st.sampled_from(["ns5", "polar_express", "gram_polar_express", "exact"]),
+)
+def test_shape_dtype_preserved_and_batch_equals_loop(m, n, batch, dtype, method):
+    G = torch.randn(batch, m, n).to(dtype)
+    U = orthogonalize(G, method, dtype=torch.float32)
+    assert U.shape == G.shape and U.dtype == dtype
+    each = torch.stack([orthogonalize(G[i], method, dtype=torch.float32) for i in range(batch)])
+    assert torch.allclose(U.float(), each.float(), atol=1e-3 if dtype != torch.bfloat16 else 2e-2)
+
+
+def test_does_not_modify_input_in_bf16():
+    G = torch.randn(16, 32).bfloat16()
+    before = G.clone()
+    orthogonalize(G, "ns5")
+    assert torch.equal(G, before)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown orthogonalizer 'nope'"):
+        orthogonalize(torch.randn(4, 4), "nope")
+    with pytest.raises(ValueError, match="shape"):
+        orthogonalize(torch.randn(4), "ns5")
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        orthogonalize(torch.randn(4, 4), "ns5", steps=0)
+
+
+def test_auto_is_at_least_as_orthogonal_as_ns5_and_cached():
+    policy = AutoPolicy(repeats=1)
+    for shape in [(4, 64, 64), (4, 8, 256), (2, 48, 200)]:
+        G = torch.randn(*shape)
+        U = policy(G)
+        err = orthogonality_error(U).mean()
+        ns5 = orthogonality_error(orthogonalize(G, "ns5")).mean()
+        assert err <= ns5 + 1e-3
+    assert len(policy.choices) == 3
+    restored = AutoPolicy()
+    restored.load(policy.export())
+    assert restored.choices == policy.choices
