@@ -7,6 +7,7 @@ Every user-input error (``MuonftError``, ``ValueError``, ``FileNotFoundError``, 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -25,6 +26,52 @@ def _root() -> None:
 
 
 # --- commands are registered below this line (one section per package) ---
+
+
+# --- experiments.toy_bias ---------------------------------------------------------------------
+@app.command()
+def toy(
+    seed: int = typer.Option(0, help="Seed of the (first) problem."),
+    out: Path = typer.Option(Path("toy-out"), help="Output directory (toy.json + PNG figures)."),
+    n: int = typer.Option(20, help="Number of equations (rows of X); must be < d."),
+    d: int = typer.Option(40, help="Input dimension (rows of W)."),
+    k: int = typer.Option(10, help="Output dimension (columns of W)."),
+    seeds: int = typer.Option(1, help="Run seeds seed..seed+K-1 and add an aggregate."),
+) -> None:
+    """The toy implicit-bias experiment: which interpolant do GD, SignGD, Adam and Muon find?"""
+    from rich.console import Console
+
+    from muonft.atomic import atomic_write_json
+    from muonft.experiments.toy_bias import aggregate, check_sizes, run_toy
+    from muonft.report.toy import write_toy_outputs
+
+    check_sizes(n, d, k)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    console = Console(stderr=True)
+    results = []
+    for s in range(seed, seed + seeds):
+        with console.status(f"seed {s}") as status:
+            res, traces = run_toy(n, d, k, s, progress=lambda m, s=s: status.update(
+                f"seed {s}: {m}"))
+        results.append(res)
+        if s == seed:
+            figs = write_toy_outputs(res, traces, out)
+    doc = dict(results[0])
+    if seeds > 1:
+        doc["seeds"] = results
+        doc["aggregate"] = aggregate(results)
+    path = atomic_write_json(out / "toy.json", doc)
+    table = doc["optimizers"]
+    console.print(f"{'optimizer':<10} {'max-norm gap':>13} {'spectral gap':>13} "
+                  f"{'d(LP)':>7} {'d(SDP)':>7} {'d(pinv)':>8}")
+    for name, r in table.items():
+        console.print(f"{name:<10} {r['maxnorm_gap']:>13.4f} {r['spectral_gap']:>13.4f} "
+                      f"{r['dist_to_maxnorm']:>7.3f} {r['dist_to_spectral']:>7.3f} "
+                      f"{r['dist_to_frobenius']:>8.3f}")
+    print(path)
+    for f in figs:
+        print(f)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
