@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def min_spectral_norm(p: Problem) -> np.ndarray:
     """Minimum-spectral-norm interpolant: min σ_max(W) s.t. XW = Y (SDP via cvxpy)."""
     import cvxpy as cp
 
-    n, d, k = p.shape
+    _, d, k = p.shape
     W = cp.Variable((d, k))
     prob = cp.Problem(cp.Minimize(cp.sigma_max(W)), [p.X @ W == p.Y])
     solvers = [s for s in ("CLARABEL", "SCS") if s in cp.installed_solvers()]
@@ -214,7 +215,7 @@ def train(
     optimizer's own norm; 1/L for GD) and halves whenever the loss has not fallen by 1% over
     ``patience`` steps — the small-step regime in which the implicit-bias statements hold.
     """
-    n, d, k = p.shape
+    _, d, k = p.shape
     W = np.zeros((d, k)) if W0 is None else W0.astype(np.float64).copy()
     ref = min_frobenius(Problem(p.X, p.Y - p.X @ W))
     lr = lr0 if lr0 is not None else _initial_lr(name, p, ref if np.any(ref) else np.ones((d, k)))
@@ -255,7 +256,7 @@ def train_lora(
     """
     if name not in ("adam", "muon"):
         raise ValueError(f"LoRA toy supports adam or muon, got {name!r}")
-    n, d, k = p.shape
+    _, d, k = p.shape
     if not 1 <= rank <= min(d, k):
         raise ValueError(f"rank must be in [1, {min(d, k)}], got {rank}")
     rng = np.random.default_rng(seed)
@@ -302,7 +303,7 @@ def summarize(W: np.ndarray, refs: dict[str, np.ndarray]) -> dict[str, float]:
 def _lowrank_shift(p: Problem, W0: np.ndarray, seed: int) -> Problem:
     """A fine-tuning target reachable by a rank-1 change of W₀: Y₂ = X(W₀ + uvᵀ)."""
     rng = np.random.default_rng(seed + 7919)
-    n, d, k = p.shape
+    _, d, k = p.shape
     u, v = rng.standard_normal((d, 1)), rng.standard_normal((1, k))
     shift = u @ v * (np.linalg.norm(W0) / np.linalg.norm(u @ v))
     return Problem(p.X, p.X @ (W0 + shift))
@@ -363,7 +364,7 @@ def run_toy(
             "adam_update_stable_rank": stable_rank(da), "muon_update_stable_rank": stable_rank(dm),
         }
     dists = [lora[str(r)]["adam_vs_muon_dist"] for r in ranks]
-    shrinks = bool(all(a <= b + 1e-9 for a, b in zip(dists, dists[1:])))
+    shrinks = bool(all(a <= b + 1e-9 for a, b in pairwise(dists)))
     result = {
         "problem": {"n": n, "d": d, "k": k, "seed": seed},
         "optimizers": opt_out,

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from muonft.atomic import atomic_savefig  # noqa: E402
+from muonft.atomic import atomic_savefig
 
 
 def plot_distances(result: dict, path: Path) -> None:
