@@ -41,24 +41,34 @@ def make_params(shapes: list[tuple[int, int]], seed: int = 0) -> tuple[list, lis
     return params, grads
 
 
-def time_steps(make_opt: Callable[[list], torch.optim.Optimizer], shapes, warmup: int,
-               repeats: int) -> tuple[float, int]:
-    """Median seconds per optimizer step, and the optimizer's state bytes."""
+def time_steps(makers: dict[str, Callable[[list], torch.optim.Optimizer]], shapes,
+               warmup: int, repeats: int) -> dict[str, tuple[float, int]]:
+    """Median seconds per step and state bytes of each optimizer, steps interleaved.
+
+    Every optimizer gets its own copy of the same parameters and gradients; the timed steps
+    alternate between optimizers round by round, so drift of the machine's speed hits all alike.
+    """
     init, grads = make_params(shapes)
-    params = [p.clone().requires_grad_() for p in init]
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-    opt = make_opt(params)
-    for _ in range(warmup):
-        opt.step()
-    times = []
+    opts, params = {}, {}
+    for name, make in makers.items():
+        ps = [p.clone().requires_grad_() for p in init]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        opts[name], params[name] = make(ps), ps
+        for _ in range(warmup):
+            opts[name].step()
+    times: dict[str, list[float]] = {name: [] for name in makers}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    state_bytes = sum(t.numel() * t.element_size() for st in opt.state.values()
-                      for t in st.values() if torch.is_tensor(t))
-    return statistics.median(times), state_bytes
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, opt in opts.items():
+        state_bytes = sum(t.numel() * t.element_size() for st in opt.state.values()
+                          for t in st.values() if torch.is_tensor(t))
+        out[name] = (statistics.median(times[name]), state_bytes)
+    return out
 
 
 def ns_flops(shapes, steps: int = 5) -> float:
@@ -134,12 +144,13 @@ def main() -> None:
           ("muonft auto", ours("auto"))]),
     ]:
         print(f"\n{title}")
-        t_ref, s_ref = time_steps(torch_muon, shapes, warmup, repeats)
-        t_adam, s_adam = time_steps(adamw, shapes, warmup, repeats)
+        res = time_steps(dict(candidates) | {"torch.optim.Muon": torch_muon,
+                                             "torch.optim.AdamW": adamw}, shapes, warmup, repeats)
+        t_ref, t_adam = res["torch.optim.Muon"][0], res["torch.optim.AdamW"][0]
+        s_adam = res["torch.optim.AdamW"][1]
         print(f"  {'optimizer':<24}{'step ms':>10}{'vs torch Muon':>15}{'vs AdamW':>10}"
               f"{'state MB':>10}")
-        rows = [(name, *time_steps(fn, shapes, warmup, repeats)) for name, fn in candidates]
-        rows += [("torch.optim.Muon", t_ref, s_ref), ("torch.optim.AdamW", t_adam, s_adam)]
+        rows = [(name, t, s) for name, (t, s) in res.items()]
         for name, t, s in rows:
             print(f"  {name:<24}{t * 1e3:>10.1f}{t_ref / t:>14.2f}x{t / t_adam:>9.2f}x"
                   f"{s / 2**20:>10.2f}")

@@ -55,8 +55,10 @@ def test_spectral_rule_equals_torch_original():
 
 def test_batched_equals_per_parameter():
     dirs = _grads([(16, 48), (48, 16), (16, 48), (8, 3, 3, 3), (16, 16)], 1)
-    batched = orthogonalize_batched(dirs, "polar_express", 5, torch.float32)
-    for d, u in zip(dirs, batched):
+    batched = orthogonalize_batched(dirs, "polar_express", 5, torch.float32, stack=True)
+    looped = orthogonalize_batched(dirs, "polar_express", 5, torch.float32, stack=False)
+    for d, u, v in zip(dirs, batched, looped):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
         M = d.reshape(d.shape[0], -1)
         single = orthogonalize(M, "polar_express", dtype=torch.float32).reshape(d.shape)
         torch.testing.assert_close(u, single, rtol=0, atol=1e-5)
@@ -65,7 +67,7 @@ def test_batched_equals_per_parameter():
 def test_conv_weights_are_flattened_not_mixed():
     conv = torch.randn(8, 3, 3, 3)
     other = torch.randn(8, 27)  # same flattened shape: batched together, still independent
-    u_conv, u_other = orthogonalize_batched([conv, other], "svd", 1, None)
+    u_conv, u_other = orthogonalize_batched([conv, other], "svd", 1, None, stack=True)
     assert u_conv.shape == conv.shape
     ref = orthogonalize(conv.reshape(8, 27).double(), "svd").float().reshape(conv.shape)
     torch.testing.assert_close(u_conv, ref, atol=1e-5, rtol=0)

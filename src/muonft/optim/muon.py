@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam as _adam_functional
 
-from muonft.optim.orthogonalize import METHODS, AutoPolicy, orthogonalize
+from muonft.optim.orthogonalize import METHODS, AutoPolicy, orthogonalize_raw
 
 ScaleRule = Callable[[int, int], float]
 
@@ -34,6 +34,7 @@ SCALE_RULES: dict[str, ScaleRule] = {
 }
 
 MOMENTUM_STYLES = ("ema", "sum")
+STACK_CPU_MAX_NUMEL = 512 * 512
 
 
 def register_scale_rule(name: str, rule: ScaleRule) -> None:
@@ -86,16 +87,39 @@ def orthogonalize_batched(
     steps: int,
     dtype: torch.dtype | None,
     auto: AutoPolicy | None = None,
+    stack: bool | None = None,
 ) -> list[Tensor]:
-    """Orthogonalize each direction (viewed as a matrix), stacking same-shape ones into one call.
+    """Orthogonalize each direction (viewed as a matrix); same-shape ones share one call.
 
-    Matrices are grouped by (wide shape, dtype, device): a tall (m > n) matrix is transposed and
-    joins the wide (n, m) bucket, so e.g. MLP in- and out-projections share one batched call.
-    Inputs are never modified. Returns one tensor per input, shaped like the input.
+    Matrices that are stacked are grouped by (wide shape, dtype, device) — a tall (m > n)
+    matrix is transposed into the bucket of its wide twin, so MLP in- and out-projections share
+    one batched call — and each bucket is one stacked call. Everything is stacked on
+    accelerators; on CPU only small matrices are (large 2-D GEMMs are as fast as batched ones
+    there, so stacking them only adds copies; measured).
+    Inputs are never modified. Returns one tensor per input, shaped like it, in the compute
+    dtype (the caller's in-place add promotes). ``stack`` forces (True) or forbids (False)
+    stacking; None decides by device.
     """
+    orth = auto if method == "auto" else None
+
+    def stacked(d: Tensor) -> bool:
+        if stack is not None:
+            return stack
+        # CPU: small matrices (LoRA factors) are overhead-bound and gain from one batched call;
+        # large ones are GEMM-bound and stacking them only adds copies (measured).
+        return d.device.type != "cpu" or as_matrix(d).numel() < STACK_CPU_MAX_NUMEL
+
+    def run(M: Tensor) -> Tensor:
+        if orth is not None:
+            return orth(M, steps=steps, dtype=dtype)
+        return orthogonalize_raw(M, method, steps, dtype)
+
     out: list[Tensor | None] = [None] * len(directions)
     buckets: dict[tuple, list[int]] = defaultdict(list)
     for i, d in enumerate(directions):
+        if not stacked(d):
+            out[i] = run(as_matrix(d)).reshape(d.shape)
+            continue
         m, n = as_matrix(d).shape
         buckets[(min(m, n), max(m, n), d.dtype, d.device)].append(i)
     for idx in buckets.values():
@@ -103,18 +127,11 @@ def orthogonalize_batched(
         for i in idx:
             M = as_matrix(directions[i])
             mats.append(M.mT if M.shape[0] > M.shape[1] else M)
-        stack = torch.stack(mats)
-        if method == "auto":
-            assert auto is not None
-            U = auto(stack, steps=steps, dtype=dtype)
-        else:
-            U = orthogonalize(stack, method=method, steps=steps, dtype=dtype)
+        U = run(torch.stack(mats))
         for j, i in enumerate(idx):
             d = directions[i]
-            u = U[j]
-            if as_matrix(d).shape[0] > as_matrix(d).shape[1]:
-                u = u.mT
-            out[i] = u.reshape(d.shape)
+            tall = as_matrix(d).shape[0] > as_matrix(d).shape[1]
+            out[i] = (U[j].mT if tall else U[j]).reshape(d.shape)
     return out  # type: ignore[return-value]
 
 
@@ -125,7 +142,7 @@ def apply_decay_and_update(
     if weight_decay != 0.0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     for p, u, s in zip(params, updates, scales):
-        p.add_(u.to(p.dtype), alpha=-lr * s)
+        p.add_(u, alpha=-lr * s)
 
 
 class Muon(torch.optim.Optimizer):
