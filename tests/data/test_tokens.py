@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+
+from muonft.data import LMBatcher, eval_batches, get_tokenizer, load_lm_splits
+
+
+@pytest.fixture
+def text_corpus(tmp_path, tmp_cache):
+    rng = np.random.default_rng(0)
+    words = ["the", "lord", "said", "unto", "moses", "and", "it", "was", "good", "light"]
+    paras = [" ".join(rng.choice(words, size=40)) + "." for _ in range(60)]
+    f = tmp_path / "corpus.txt"
+    f.write_text("\n\n".join(paras))
+    return f"file:{f}"
+
+
+def test_tokenizer_roundtrip_and_cache(text_corpus):
+    tok = get_tokenizer(vocab_size=300, corpus=text_corpus)
+    s = "the lord said unto moses: it was good."
+    assert tok.decode(tok.encode(s)) == s
+    assert tok.vocab_size <= 300 and tok.eos_id >= 0
+    again = get_tokenizer(vocab_size=300, corpus=text_corpus)
+    assert again.key == tok.key  # loaded from the cache, same file
+
+
+def test_token_streams_and_batcher(text_corpus):
+    tok = get_tokenizer(vocab_size=300, corpus=text_corpus)
+    sp = load_lm_splits(text_corpus, tok)
+    assert sp.train.dtype == np.uint16 and len(sp.train) > len(sp.val) > 0
+    assert (np.asarray(sp.train) == tok.eos_id).sum() >= 1
+    b = LMBatcher(sp.train, block_size=16, batch_size=4, seed=3)
+    x, y = b.get(7)
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+    x2, _ = LMBatcher(sp.train, block_size=16, batch_size=4, seed=3).get(7)
+    assert torch.equal(x, x2)  # pure function of (seed, step)
+    assert not torch.equal(x, b.get(8)[0])
+    batches = list(eval_batches(sp.val, 8, 3))
+    assert batches and all(torch.equal(bx[:, 1:], by[:, :-1]) for bx, by in batches)
+    first = torch.from_numpy(np.asarray(sp.val[:8], dtype=np.int64))
+    assert torch.equal(batches[0][0][0], first)
+
+
+def test_bad_sizes(text_corpus):
+    with pytest.raises(ValueError, match="vocab_size must be in"):
+        get_tokenizer(vocab_size=10, corpus=text_corpus)
+    with pytest.raises(ValueError, match="shorter than"):
+        LMBatcher(np.zeros(5, dtype=np.uint16), block_size=8, batch_size=2)
