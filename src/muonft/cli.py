@@ -28,6 +28,44 @@ def _root() -> None:
 # --- commands are registered below this line (one section per package) ---
 
 
+# --- train.pretrain --------------------------------------------------------------------------
+@app.command()
+def pretrain(
+    model: str = typer.Option("tiny", help="Model preset: tiny, small, d12, d20."),
+    optimizer: str = typer.Option("adamw", help="adamw or muon."),
+    steps: int = typer.Option(None, help="Optimizer steps (default 600)."),
+    tokens: int = typer.Option(None, help="Token budget instead of --steps."),
+    seed: int = typer.Option(0, help="Seed of init and batches."),
+    out: Path = typer.Option(None, help="Output dir (default: a named checkpoint in the cache)."),
+    lr: float = typer.Option(None, help="Learning rate (default per optimizer)."),
+    weight_decay: float = typer.Option(None, help="Decoupled weight decay."),
+    batch_size: int = typer.Option(None, help="Sequences per step (default 16)."),
+    checkpoint_every: int = typer.Option(100, help="Checkpoint every K steps."),
+    corpus: str = typer.Option("kjv", help="Pretraining corpus (kjv or file:<path>)."),
+    threads: int = typer.Option(None, help="torch threads."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Pretrain a GPT with AdamW or Muon; rerunning with the same --out resumes."""
+    from muonft.train.pretrain import default_spec
+    from muonft.train.pretrain import pretrain as run_pretrain
+
+    if steps is not None and steps <= 0:
+        raise ValueError(f"--steps must be > 0, got {steps}")
+    if tokens is not None:
+        if tokens <= 0:
+            raise ValueError(f"--tokens must be > 0, got {tokens}")
+        base = default_spec(optimizer=optimizer, batch_size=batch_size)
+        steps = max(1, tokens // (base["batch_size"] * base["block_size"]))
+    spec = default_spec(model=model, optimizer=optimizer, steps=steps, seed=seed, lr=lr,
+                        weight_decay=weight_decay, batch_size=batch_size, corpus=corpus)
+    rec = run_pretrain(spec, out, threads=threads, progress=not quiet,
+                       checkpoint_every=checkpoint_every)
+    m = rec["metrics"]
+    note = f" ({rec['resumed']})" if rec.get("resumed") else ""
+    print(f"{rec['status']}{note}: val_loss {m['val_loss']:.4f}, hidden rms "
+          f"{m.get('hidden_rms', float('nan')):.4f}, {m.get('tokens_per_s', 0):,.0f} tok/s")
+
+
 # --- data ------------------------------------------------------------------------------------
 data_app = typer.Typer(help="Offline corpora: fetch into the cache, list what is there.",
                        no_args_is_help=True)
