@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,6 @@ def save_weights(model_state: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp))
     with open(tmp, "rb") as f:
-        import os
-
         os.fsync(f.fileno())
     tmp.replace(path)
 

@@ -92,12 +92,14 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_de
 
 def hidden_weight_stats(model: torch.nn.Module) -> dict[str, float]:
     """RMS and mean spectral norm of the GPT's block matrices."""
+    from muonft.diagnostics import spectral_metrics
+
     mats = [p.detach().float() for n, p in model.named_parameters()
             if n.startswith("blocks.") and p.ndim == 2]
     if not mats:
         return {}
     rms = math.sqrt(sum(float(m.square().sum()) for m in mats) / sum(m.numel() for m in mats))
-    spec = sum(float(torch.linalg.matrix_norm(m, ord=2)) for m in mats) / len(mats)
+    spec = sum(float(spectral_metrics(m)["spectral_norm"]) for m in mats) / len(mats)
     return {"hidden_rms": rms, "hidden_mean_spectral_norm": spec}
 
 
