@@ -28,6 +28,24 @@ def _root() -> None:
 # --- commands are registered below this line (one section per package) ---
 
 
+# --- optim.partition -------------------------------------------------------------------------
+@app.command()
+def inspect(
+    model: str = typer.Option("tiny", help="Model preset (tiny, small, d12, d20)."),
+    lora_rank: int = typer.Option(0, help="Add LoRA adapters of this rank first (0 = none)."),
+) -> None:
+    """Print every trainable parameter, its shape, its optimizer group and the rule behind it."""
+    from muonft.models import build_gpt
+    from muonft.optim import partition_parameters
+
+    m = build_gpt(model)
+    if lora_rank:
+        from muonft.adapters import LoRASpec, apply_lora
+
+        m = apply_lora(m, LoRASpec(rank=lora_rank, alpha=2.0 * lora_rank))
+    print(partition_parameters(m).table())
+
+
 # --- train.pretrain --------------------------------------------------------------------------
 @app.command()
 def pretrain(
