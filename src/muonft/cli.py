@@ -28,6 +28,46 @@ def _root() -> None:
 # --- commands are registered below this line (one section per package) ---
 
 
+# --- train.finetune --------------------------------------------------------------------------
+@app.command()
+def finetune(
+    init: str = typer.Option("gpt-tiny-adamw-s0", help="muonft pretrain dir or cache name."),
+    task: str = typer.Option("lm:rt", help="Target task: lm:<corpus>."),
+    optimizer: str = typer.Option("muon", help="adamw or muon."),
+    method: str = typer.Option("full", help="full or lora."),
+    lr: float = typer.Option(None, help="Learning rate (default per optimizer and method)."),
+    steps: int = typer.Option(None, help="Optimizer steps (default 200)."),
+    seed: int = typer.Option(0, help="Seed of batches and adapter init."),
+    out: Path = typer.Option(..., help="Output directory (result.json, checkpoints)."),
+    rank: int = typer.Option(None, help="LoRA rank (default 8)."),
+    alpha: float = typer.Option(None, help="LoRA alpha (default 16)."),
+    variant: str = typer.Option(None, help="LoRA variant: lora, rslora, pissa, dora, olora."),
+    weight_decay: float = typer.Option(None, help="Decoupled weight decay (default 0)."),
+    threads: int = typer.Option(None, help="torch threads."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Fine-tune a pretrained GPT (full or LoRA, AdamW or Muon) and measure the mismatch."""
+    from muonft.train.finetune import default_spec
+    from muonft.train.finetune import finetune as run_finetune
+
+    if steps is not None and steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {steps}")
+    spec = default_spec(init=init, task=task, optimizer=optimizer, method=method, lr=lr,
+                        steps=steps, seed=seed, lora_rank=rank, lora_alpha=alpha,
+                        lora_variant=variant, weight_decay=weight_decay)
+    if spec["method"] == "lora":
+        from muonft.adapters import LoRASpec
+
+        LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"], variant=spec["lora_variant"])
+    rec = run_finetune(spec, out, threads=threads, progress=not quiet)
+    m = rec["metrics"]
+    note = f" ({rec['resumed']})" if rec.get("resumed") else ""
+    print(f"{rec['status']}{note}: target val_loss {m['target']:.4f} (zero-shot "
+          f"{m['zero_shot']:.4f}), forgetting {m['forgetting']:+.4f}, "
+          f"l2 drift {rec['diagnostics']['overall']['l2_drift']:.4f}")
+    print(out / "result.json")
+
+
 # --- optim.partition -------------------------------------------------------------------------
 @app.command()
 def inspect(

@@ -167,6 +167,7 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
                    eval_fn=lm_eval_fn(splits.val, spec["block_size"], 32, spec["eval_batches"]))
     save_weights(model.state_dict(), out / "model.safetensors")
     atomic_write_json(out / "config.json", {"kind": "gpt", "config": model.config.to_dict(),
+                                            "pretrain_corpus": spec["corpus"],
                                             "tokenizer": {
         "corpus": spec["tokenizer_corpus"], "vocab_size": spec["vocab_size"]}})
     metrics = {"val_loss": result["eval"].get("val_loss"), "train_loss": result["train_loss"],

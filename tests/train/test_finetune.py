@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+
+from muonft.cli import main
+from muonft.errors import ConfigError
+from muonft.train.finetune import default_spec, finetune
+from muonft.train.pretrain import pretrain
+
+KEYS = {"stable_rank", "spectral_entropy", "spectral_norm", "max_norm", "l2_drift",
+        "cosine_to_init"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("ft")
+    old = os.environ.get("MUONFT_CACHE")
+    os.environ["MUONFT_CACHE"] = str(root / "cache")
+    rng = np.random.default_rng(0)
+    a = ["in", "the", "beginning", "god", "created", "heaven", "and", "earth", "light"]
+    b = ["this", "film", "is", "a", "funny", "dull", "movie", "great", "plot", "bad"]
+    pre_c, tgt_c = root / "pre.txt", root / "tgt.txt"
+    pre_c.write_text("\n\n".join(" ".join(rng.choice(a, 60)) for _ in range(60)))
+    tgt_c.write_text("\n\n".join(" ".join(rng.choice(b + a[:3], 60)) for _ in range(60)))
+    pre = f"file:{pre_c}"
+    pretrain(dict(model="tiny", optimizer="adamw", steps=4, batch_size=2, block_size=32,
+                  corpus=pre, tokenizer_corpus=pre, vocab_size=300, eval_every=0,
+                  eval_batches=2, warmup=1), root / "pt", progress=False)
+    yield root, f"lm:file:{tgt_c}"
+    if old is None:
+        os.environ.pop("MUONFT_CACHE")
+    else:
+        os.environ["MUONFT_CACHE"] = old
+
+
+def _spec(setup, **kw):
+    root, task = setup
+    return dict(init=str(root / "pt"), task=task, steps=4, batch_size=2, block_size=32,
+                eval_every=0, eval_batches=2, warmup=1) | kw
+
+
+def test_zero_steps_no_drift_no_forgetting(setup, tmp_path):
+    rec = finetune(_spec(setup, steps=0), tmp_path / "r", progress=False)
+    assert rec["metrics"]["forgetting"] == 0.0
+    assert rec["metrics"]["target"] == rec["metrics"]["zero_shot"]
+    for row in rec["diagnostics"].values():
+        assert row["l2_drift"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_result_record_and_drift_grows_with_lr(setup, tmp_path, method):
+    drifts = []
+    for lr in (1e-3, 1e-2):
+        rec = finetune(_spec(setup, method=method, lr=lr), tmp_path / f"{method}-{lr}",
+                       progress=False)
+        drifts.append(rec["diagnostics"]["overall"]["l2_drift"])
+    assert rec["status"] == "done"
+    doc = json.loads((tmp_path / f"{method}-0.01" / "result.json").read_text())
+    assert {"status", "spec", "metrics", "diagnostics"} <= set(doc)
+    assert {"target", "zero_shot", "forgetting", "test", "relative_ppl"} <= set(doc["metrics"])
+    assert set(doc["diagnostics"]["attn_q"]) >= KEYS
+    assert 0 < drifts[0] < drifts[1]
+    if method == "lora":  # embeddings and head are frozen under LoRA
+        assert doc["diagnostics"]["embedding"]["l2_drift"] == 0.0
+
+
+def test_rerun_is_a_noop_and_spec_change_refused(setup, tmp_path):
+    finetune(_spec(setup), tmp_path / "r", progress=False)
+    assert finetune(_spec(setup), tmp_path / "r", progress=False)["resumed"] == \
+        "already finished"
+    with pytest.raises(ConfigError, match="different spec"):
+        finetune(_spec(setup, lr=0.5), tmp_path / "r", progress=False)
+
+
+def test_spec_validation():
+    with pytest.raises(ConfigError, match="method must be one of"):
+        default_spec(method="half")
+    with pytest.raises(ConfigError, match="not supported yet"):
+        default_spec(task="rt-sentiment")
+    assert default_spec(method="full")["lora_rank"] is None
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--init", "/nonexistent/ckpt"], "no pretrained checkpoint"),
+    (["--method", "half"], "method must be one of"),
+    (["--method", "lora", "--rank", "0"], "rank must be a positive integer, got 0"),
+    (["--steps", "-1"], "--steps must be >= 0"),
+])
+def test_cli_bad_inputs(args, msg, tmp_path, capsys, tmp_cache):
+    assert main(["finetune", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
