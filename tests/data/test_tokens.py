@@ -47,3 +47,16 @@ def test_bad_sizes(text_corpus):
         get_tokenizer(vocab_size=10, corpus=text_corpus)
     with pytest.raises(ValueError, match="shorter than"):
         LMBatcher(np.zeros(5, dtype=np.uint16), block_size=8, batch_size=2)
+
+
+def test_tokenizer_training_is_deterministic_and_keyed_by_content(text_corpus, tmp_path,
+                                                                  monkeypatch):
+    a = get_tokenizer(vocab_size=300, corpus=text_corpus)
+    monkeypatch.setenv("MUONFT_CACHE", str(tmp_path / "other-cache"))
+    b = get_tokenizer(vocab_size=300, corpus=text_corpus)  # trained again from scratch
+    assert a.key == b.key  # byte-identical tokenizer JSON
+    path = text_corpus[len("file:"):]
+    with open(path, "a") as f:
+        f.write("\n\nzebra quagga okapi zebra quagga okapi zebra quagga okapi.")
+    c = get_tokenizer(vocab_size=300, corpus=text_corpus)
+    assert c.key != a.key  # an edited file is not served its old tokenizer

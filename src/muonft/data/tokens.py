@@ -19,6 +19,7 @@ import torch
 
 from muonft.atomic import atomic_write, atomic_write_text
 from muonft.data.corpora import cache_dir, split_documents
+from muonft.errors import MuonftError
 
 EOS = "<|eos|>"
 TOKENIZER_VERSION = 1
@@ -70,8 +71,8 @@ def get_tokenizer(vocab_size: int = 4096, corpus: str = "kjv") -> Tokenizer:
 
     if not 260 <= vocab_size <= 65535:
         raise ValueError(f"vocab_size must be in [260, 65535], got {vocab_size}")
-    safe = corpus.replace("/", "_").replace(":", "_")
-    path = cache_dir() / "tokenizers" / f"bpe-{safe}-{vocab_size}-v{TOKENIZER_VERSION}.json"
+    path = (cache_dir() / "tokenizers" /
+            f"bpe-{_corpus_key(corpus)}-{vocab_size}-v{TOKENIZER_VERSION}.json")
     if not path.exists():
         docs = split_documents(corpus, "train")
         tok = _train_tokenizer([d.text for d in docs], vocab_size)
@@ -90,14 +91,19 @@ class LMSplits:
     heldout: np.ndarray
 
 
-def _token_file(corpus: str, split: str, tok: Tokenizer) -> Path:
-    safe = corpus.replace("/", "_").replace(":", "_")
+def _corpus_key(corpus: str) -> str:
+    """A file-name-safe cache key for a corpus; a local file is keyed by its content, so an
+    edited file never reuses a tokenizer or token stream built from its old text."""
     if corpus.startswith("file:"):
         p = Path(corpus[5:]).expanduser()
-        st = p.stat()
-        safe = "file-" + hashlib.sha256(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
-                                        ).hexdigest()[:12]
-    return cache_dir() / "tokens" / f"{safe}-{split}-{tok.key}.u16"
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file {p} does not exist")
+        return "file-" + hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+    return corpus.replace("/", "_").replace(":", "_")
+
+
+def _token_file(corpus: str, split: str, tok: Tokenizer) -> Path:
+    return cache_dir() / "tokens" / f"{_corpus_key(corpus)}-{split}-{tok.key}.u16"
 
 
 def load_tokens(corpus: str, split: str, tok: Tokenizer) -> np.ndarray:
@@ -105,9 +111,12 @@ def load_tokens(corpus: str, split: str, tok: Tokenizer) -> np.ndarray:
     path = _token_file(corpus, split, tok)
     if not path.exists():
         docs = split_documents(corpus, split)
+        if not docs:
+            raise MuonftError(f"split {split!r} of corpus {corpus!r} has no documents")
+        # encode_batch runs on all cores inside `tokenizers`; each document ends with EOS.
         ids = tok.encode_batch([d.text for d in docs])
         eos = tok.eos_id
-        flat = np.fromiter((i for doc in ids for i in (*doc, eos)), dtype=np.uint16)
+        flat = np.concatenate([np.array([*doc, eos], dtype=np.uint16) for doc in ids])
         atomic_write(path, lambda f: f.write(flat.tobytes()), mode="wb")
     return np.memmap(path, dtype=np.uint16, mode="r")
 
