@@ -104,24 +104,23 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Pretrain a GPT with AdamW or Muon; rerunning with the same --out resumes."""
-    from muonft.train.pretrain import default_spec
+    from muonft.train.pretrain import default_out, default_spec
     from muonft.train.pretrain import pretrain as run_pretrain
 
     if steps is not None and steps <= 0:
         raise ValueError(f"--steps must be > 0, got {steps}")
-    if tokens is not None:
-        if tokens <= 0:
-            raise ValueError(f"--tokens must be > 0, got {tokens}")
-        base = default_spec(optimizer=optimizer, batch_size=batch_size)
-        steps = max(1, tokens // (base["batch_size"] * base["block_size"]))
-    spec = default_spec(model=model, optimizer=optimizer, steps=steps, seed=seed, lr=lr,
-                        weight_decay=weight_decay, batch_size=batch_size, corpus=corpus)
+    if tokens is not None and tokens <= 0:
+        raise ValueError(f"--tokens must be > 0, got {tokens}")
+    spec = default_spec(model=model, optimizer=optimizer, steps=steps, tokens=tokens, seed=seed,
+                        lr=lr, weight_decay=weight_decay, batch_size=batch_size, corpus=corpus)
     rec = run_pretrain(spec, out, threads=threads, progress=not quiet,
                        checkpoint_every=checkpoint_every)
     m = rec["metrics"]
     note = f" ({rec['resumed']})" if rec.get("resumed") else ""
-    print(f"{rec['status']}{note}: val_loss {m['val_loss']:.4f}, hidden rms "
+    val = m.get("val_loss")
+    print(f"{rec['status']}{note}: val_loss {val if val is None else round(val, 4)}, hidden rms "
           f"{m.get('hidden_rms', float('nan')):.4f}, {m.get('tokens_per_s', 0):,.0f} tok/s")
+    print(out or default_out(spec))
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -177,23 +176,30 @@ def toy(
     d: int = typer.Option(40, help="Input dimension (rows of W)."),
     k: int = typer.Option(10, help="Output dimension (columns of W)."),
     seeds: int = typer.Option(1, help="Run seeds seed..seed+K-1 and add an aggregate."),
+    step_fraction: float = typer.Option(1e-4, help="Step size as a fraction of the needed "
+                                        "change in each optimizer's own norm."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """The toy implicit-bias experiment: which interpolant do GD, SignGD, Adam and Muon find?"""
+    import time
+
     from rich.console import Console
 
     from muonft.atomic import atomic_write_json
-    from muonft.experiments.toy_bias import aggregate, check_sizes, run_toy
+    from muonft.experiments.toy_bias import aggregate, check_sizes, run_toy, summary_lines
     from muonft.report.toy import write_toy_outputs
 
     check_sizes(n, d, k)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    console = Console(stderr=True)
-    results = []
+    console = Console(stderr=True, quiet=quiet)
+    results, figs, t0 = [], [], time.perf_counter()
     for s in range(seed, seed + seeds):
         with console.status(f"seed {s}") as status:
-            res, traces = run_toy(n, d, k, s, progress=lambda m, s=s: status.update(
-                f"seed {s}: {m}"))
+            res, traces = run_toy(n, d, k, s, step_fraction=step_fraction,
+                                  progress=lambda m, s=s: status.update(f"seed {s}: {m}"))
+        console.print(f"seed {s} done ({len(results) + 1}/{seeds}, "
+                      f"{time.perf_counter() - t0:.1f} s)")
         results.append(res)
         if s == seed:
             figs = write_toy_outputs(res, traces, out)
@@ -202,13 +208,8 @@ def toy(
         doc["seeds"] = results
         doc["aggregate"] = aggregate(results)
     path = atomic_write_json(out / "toy.json", doc)
-    table = doc["optimizers"]
-    console.print(f"{'optimizer':<10} {'max-norm gap':>13} {'spectral gap':>13} "
-                  f"{'d(LP)':>7} {'d(SDP)':>7} {'d(pinv)':>8}")
-    for name, r in table.items():
-        console.print(f"{name:<10} {r['maxnorm_gap']:>13.4f} {r['spectral_gap']:>13.4f} "
-                      f"{r['dist_to_maxnorm']:>7.3f} {r['dist_to_spectral']:>7.3f} "
-                      f"{r['dist_to_frobenius']:>8.3f}")
+    for line in summary_lines(doc):
+        console.print(line, highlight=False)
     print(path)
     for f in figs:
         print(f)
