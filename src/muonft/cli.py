@@ -104,24 +104,23 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Pretrain a GPT with AdamW or Muon; rerunning with the same --out resumes."""
-    from muonft.train.pretrain import default_spec
+    from muonft.train.pretrain import default_out, default_spec
     from muonft.train.pretrain import pretrain as run_pretrain
 
     if steps is not None and steps <= 0:
         raise ValueError(f"--steps must be > 0, got {steps}")
-    if tokens is not None:
-        if tokens <= 0:
-            raise ValueError(f"--tokens must be > 0, got {tokens}")
-        base = default_spec(optimizer=optimizer, batch_size=batch_size)
-        steps = max(1, tokens // (base["batch_size"] * base["block_size"]))
-    spec = default_spec(model=model, optimizer=optimizer, steps=steps, seed=seed, lr=lr,
-                        weight_decay=weight_decay, batch_size=batch_size, corpus=corpus)
+    if tokens is not None and tokens <= 0:
+        raise ValueError(f"--tokens must be > 0, got {tokens}")
+    spec = default_spec(model=model, optimizer=optimizer, steps=steps, tokens=tokens, seed=seed,
+                        lr=lr, weight_decay=weight_decay, batch_size=batch_size, corpus=corpus)
     rec = run_pretrain(spec, out, threads=threads, progress=not quiet,
                        checkpoint_every=checkpoint_every)
     m = rec["metrics"]
     note = f" ({rec['resumed']})" if rec.get("resumed") else ""
-    print(f"{rec['status']}{note}: val_loss {m['val_loss']:.4f}, hidden rms "
+    val = m.get("val_loss")
+    print(f"{rec['status']}{note}: val_loss {val if val is None else round(val, 4)}, hidden rms "
           f"{m.get('hidden_rms', float('nan')):.4f}, {m.get('tokens_per_s', 0):,.0f} tok/s")
+    print(out or default_out(spec))
 
 
 # --- data ------------------------------------------------------------------------------------

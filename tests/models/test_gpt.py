@@ -51,3 +51,25 @@ def test_bad_configs():
         GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="exceeds block_size"):
         build_gpt(CFG)(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_registry_round_trip():
+    from muonft.models import build_model, model_config, model_kinds
+
+    m = build_gpt(CFG)
+    saved = model_config(m)
+    assert saved == {"kind": "gpt", "config": CFG.to_dict()} and "gpt" in model_kinds()
+    rebuilt = build_model(saved)
+    assert rebuilt.config == CFG
+    rebuilt.load_state_dict(m.state_dict(), strict=True)
+    with pytest.raises(ValueError, match="unknown model kind 'vit'"):
+        build_model({"kind": "vit", "config": {}})
+
+
+def test_zero_init_free_gradients_reach_every_matrix():
+    # Our init keeps o/fc_out/head non-zero so every matrix gets a gradient at step 0.
+    m = build_gpt(CFG)
+    x = torch.randint(0, 64, (2, 16))
+    m(x, x)[1].backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n

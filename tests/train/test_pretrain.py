@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from muonft.cli import main
 from muonft.errors import ConfigError
@@ -36,6 +37,39 @@ def test_pretrain_writes_outputs_and_resumes(corpus, tmp_path):
         pretrain(_spec(corpus, optimizer="muon", lr=0.5), out, progress=False)
 
 
+@pytest.mark.slow
+def test_killed_pretrain_resumes_bit_identical(corpus, tmp_path, monkeypatch):
+    import muonft.train.pretrain as pt
+    from muonft.train.checkpoint import load_weights
+
+    spec = _spec(corpus, optimizer="adamw", steps=5)
+    pretrain(spec, tmp_path / "ref", progress=False, checkpoint_every=2)
+    real_train = pt.train
+
+    def killed_train(*args, **kw):
+        def die(step, loss):
+            if step == 3:
+                raise KeyboardInterrupt
+        return real_train(*args, **kw, on_step=die)
+
+    monkeypatch.setattr(pt, "train", killed_train)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(spec, tmp_path / "run", progress=False, checkpoint_every=2)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "running"
+    monkeypatch.setattr(pt, "train", real_train)
+    rec = pretrain(spec, tmp_path / "run", progress=False, checkpoint_every=2)
+    assert rec["status"] == "done" and rec["timings"]["steps_this_session"] == 3
+    ref, got = (load_weights(tmp_path / d / "model.safetensors") for d in ("ref", "run"))
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_tokens_set_steps():
+    assert default_spec(tokens=10_000, batch_size=4, block_size=32)["steps"] == 78
+    assert default_spec(tokens=5)["steps"] == 1
+    with pytest.raises(ConfigError, match="not both"):
+        default_spec(tokens=1000, steps=3)
+
+
 def test_spec_validation():
     with pytest.raises(ConfigError, match="unknown model 'huge'"):
         default_spec(model="huge")
@@ -56,6 +90,15 @@ def test_cli_bad_inputs_exit_2(args, msg, capsys, tmp_cache):
     assert main(["pretrain", *args, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_cli_unwritable_cache(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    monkeypatch.setenv("MUONFT_CACHE", str(blocker / "cache"))
+    assert main(["pretrain", "--quiet", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("muonft: error:")
 
 
 def test_cli_unwritable_out(capsys, tmp_path, tmp_cache):

@@ -128,8 +128,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """nanochat-like init: unit-variance embedding, uniform ±√3/√fan_in hidden matrices,
-        small output projections and head (not zero: a zero matrix has no gradient direction
-        for an orthogonalizing optimizer to scale, and the study's models are not zero-init)."""
+        small output projections (0.1×) and head (std 1e-3).
+
+        nanochat zero-inits ``o``, ``fc_out`` and the head; we keep them small but non-zero so
+        that every matrix gets a gradient from the first step (behind a zero ``o`` the
+        gradients of q, k, v are exactly zero at step 0), which keeps the first Muon and AdamW
+        steps comparable; the study's pretrained models are not zero-init either."""
         nn.init.normal_(self.embed.weight, std=1.0)
         for block in self.blocks:
             for lin in (block.attn.q, block.attn.k, block.attn.v, block.mlp.fc_in):

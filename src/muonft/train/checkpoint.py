@@ -2,14 +2,15 @@
 
 Layout of a checkpoint directory::
 
-    step-000120/model.safetensors   model weights
-    step-000120/state.pt            optimizer state, RNG states, step, curves (weights_only-safe)
+    step-0000120/model.safetensors  model weights
+    step-0000120/state.pt           optimizer state, RNG states, schedule, spec, curves
+                                    (a ``torch.save`` file that loads with ``weights_only=True``)
     latest.json                     {"step", "dir", "sha256": {file: hash}} — the commit point
 
-Files are written into the step directory first (each via temp file + fsync + rename), then
-``latest.json`` is replaced atomically. A run killed at any moment leaves either the previous
-checkpoint or the new one as ``latest``, never a half-written one; a file that does not match
-its recorded sha256 is refused with :class:`~muonft.errors.CheckpointError`.
+Both files are written into a hidden temp directory (fsynced), which is renamed to its step
+name; then ``latest.json`` is replaced atomically. A run killed at any moment leaves either the
+previous checkpoint or the new one as ``latest``, never a half-written one; a file that does
+not match its recorded sha256 is refused with :class:`~muonft.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +59,72 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read weights {path}: {e}") from None
 
 
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename inside ``path`` durable; not every platform can open a directory.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _current_dir(ckpt_dir: Path) -> str | None:
+    try:
+        return json.loads((ckpt_dir / LATEST).read_text()).get("dir")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _step_dirs(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint directories, oldest step first (``step-0000120`` < ``step-0000120.1``)."""
+    return sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict[str, torch.Tensor],
                     state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` and make it ``latest``; keep the newest ``keep`` ones."""
+    """Write checkpoint ``step`` and make it ``latest``; keep the newest ``keep`` ones.
+
+    The pair (weights, sidecar) is written into a hidden temp directory, fsynced, renamed to
+    ``step-<step>`` (a fresh name, never one ``latest.json`` points to) and only then committed
+    by atomically replacing ``latest.json`` with their sha256. A kill at any moment leaves the
+    previous checkpoint intact and current.
+    """
+    ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    d = ckpt_dir / f"step-{step:07d}"
-    d.mkdir(exist_ok=True)
-    save_weights(model_state, d / "model.safetensors")
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(d / "state.pt", lambda f: f.write(buf.getvalue()), mode="wb")
-    hashes = {name: _sha256(d / name) for name in ("model.safetensors", "state.pt")}
-    atomic_write_json(ckpt_dir / LATEST, {"step": step, "dir": d.name, "sha256": hashes})
-    old = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir() and p != d)
+    current = _current_dir(ckpt_dir)
+    name = f"step-{step:07d}"
+    k = 0
+    while name == current or (k and (ckpt_dir / name).exists()):
+        k += 1
+        name = f"step-{step:07d}.{k}"
+    final = ckpt_dir / name
+    if final.exists():  # left by a save that was killed before its commit
+        shutil.rmtree(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=ckpt_dir))
+    try:
+        save_weights(model_state, tmp / "model.safetensors")
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(tmp / "state.pt", lambda f: f.write(buf.getvalue()), mode="wb")
+        hashes = {n: _sha256(tmp / n) for n in ("model.safetensors", "state.pt")}
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(ckpt_dir)
+    atomic_write_json(ckpt_dir / LATEST, {"step": step, "dir": name, "sha256": hashes})
+    _fsync_dir(ckpt_dir)
+    old = [p for p in _step_dirs(ckpt_dir) if p != final]
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
-    return d
+    for p in ckpt_dir.glob(".step-*.tmp"):  # temp dirs of killed saves
+        shutil.rmtree(p, ignore_errors=True)
+    return final
 
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -85,7 +137,10 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[int, dict[str, torch.Tensor], dict[
         d = ckpt_dir / meta["dir"]
         hashes = meta["sha256"]
         step = int(meta["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if Path(meta["dir"]).name != meta["dir"] or \
+                set(hashes) != {"model.safetensors", "state.pt"}:
+            raise ValueError("unexpected directory or file list")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint pointer {ptr} is corrupt ({e}); delete {ckpt_dir} "
                               f"to start over") from None
     for name, want in hashes.items():
@@ -98,7 +153,7 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[int, dict[str, torch.Tensor], dict[
                                   f"{ckpt_dir} to start over")
     weights = load_weights(d / "model.safetensors")
     try:
-        state = torch.load(d / "state.pt", weights_only=True)
+        state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read {d / 'state.pt'}: {e}") from None
     return step, weights, state

@@ -3,41 +3,60 @@
 The loop owns: the LR schedule (a multiplier on each group's ``initial_lr``), gradient clipping,
 periodic evaluation, the divergence guard, the progress bar, checkpoints and exact resume. The
 caller owns the model, the optimizer, the batches (``get_batch(step)`` must be a pure function
-of the step, e.g. :class:`muonft.data.LMBatcher`) and what evaluation means.
+of the step, e.g. :class:`muonft.data.LMBatcher`), the loss and what evaluation means; hooks
+(``on_step``, ``on_eval``) let diagnostics watch the run without touching it. Nothing here knows
+what kind of model it trains.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from muonft.errors import CheckpointError
 from muonft.train.checkpoint import load_checkpoint, save_checkpoint
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "warmdown")
+# The TrainConfig fields that decide the LR at every step: a resumed run must agree on them.
+SCHEDULE_FIELDS = ("steps", "schedule", "warmup", "warmdown_frac", "final_lr_frac")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to run: steps, schedule, clipping, evaluation, checkpoints, divergence guard."""
+    """How to run: steps, schedule, clipping, evaluation, checkpoints, divergence guard.
+
+    ``schedule``: ``constant``; ``cosine`` (to ``final_lr_frac`` at ``steps``); ``linear``
+    (linear decay after warm-up); ``warmdown`` (constant, then linear decay over the last
+    ``warmdown_frac`` of the steps, nanochat style). ``warmup`` steps of linear warm-up come
+    first in every schedule. ``best_metric`` / ``higher_is_better`` pick the best evaluation.
+    """
 
     steps: int
     schedule: str = "cosine"
     warmup: int = 0
+    warmdown_frac: float = 0.2
     final_lr_frac: float = 0.0
     grad_clip: float | None = 1.0
     eval_every: int = 0
     log_every: int = 10
     checkpoint_every: int = 0
+    keep_checkpoints: int = 2
     diverge_factor: float = 3.0
+    best_metric: str = "val_loss"
+    higher_is_better: bool = False
+    threads: int | None = None
     progress: bool = True
     description: str = "train"
 
@@ -46,22 +65,49 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.warmup < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
-            raise ValueError("warmup, eval_every and checkpoint_every must be >= 0")
+        for k in ("warmup", "eval_every", "checkpoint_every"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"log_every and keep_checkpoints must be >= 1, got "
+                             f"{self.log_every} and {self.keep_checkpoints}")
+        if not 0.0 <= self.warmdown_frac <= 1.0:
+            raise ValueError(f"warmdown_frac must be in [0, 1], got {self.warmdown_frac}")
+        if not 0.0 <= self.final_lr_frac <= 1.0:
+            raise ValueError(f"final_lr_frac must be in [0, 1], got {self.final_lr_frac}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if not self.diverge_factor > 1:
+            raise ValueError(f"diverge_factor must be > 1, got {self.diverge_factor}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def schedule_state(self) -> dict[str, Any]:
+        """The fields that determine every LR multiplier (stored in checkpoints)."""
+        return {k: getattr(self, k) for k in SCHEDULE_FIELDS}
 
 
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:
-    """LR multiplier at ``step`` (0-based): linear warmup, then constant / cosine / linear decay
-    to ``final_lr_frac``."""
+    """LR multiplier at ``step`` (0-based), a pure function of the step.
+
+    Warm-up: (step+1)/warmup for step < warmup. Then with t = (step − warmup)/(steps − warmup)
+    and floor f = ``final_lr_frac``: constant 1; cosine f + (1−f)·½(1 + cos πt); linear
+    f + (1−f)(1−t); warmdown 1 until the last ⌈warmdown_frac·steps⌉ steps, then linear to f.
+    """
     if cfg.warmup and step < cfg.warmup:
         return (step + 1) / cfg.warmup
+    lo = cfg.final_lr_frac
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "warmdown":
+        n_down = math.ceil(cfg.warmdown_frac * cfg.steps)
+        start = max(cfg.warmup, cfg.steps - n_down)
+        if step < start or cfg.steps <= start:
+            return 1.0
+        t = min(1.0, (step - start) / (cfg.steps - start))
+        return lo + (1 - lo) * (1 - t)
     span = max(1, cfg.steps - cfg.warmup)
     t = min(1.0, (step - cfg.warmup) / span)
-    lo = cfg.final_lr_frac
     if cfg.schedule == "cosine":
         return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
     return lo + (1 - lo) * (1 - t)
@@ -69,23 +115,27 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
 
 @dataclass
 class RunState:
-    """What survives a checkpoint besides weights and optimizer state."""
+    """What survives a checkpoint besides weights, optimizer state and RNG."""
 
     step: int = 0
     first_loss: float | None = None
     curves: dict[str, list[list[float]]] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     tokens: int = 0
 
 
 def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """``model(x, y)`` returning ``(logits, loss)`` (our GPT) or an object with ``.loss`` (HF)."""
     x, y = batch
     out = model(x, y)
     return out[1] if isinstance(out, tuple) else out.loss
 
 
-def _progress(enabled: bool, description: str, total: int):
+def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -95,12 +145,72 @@ def _progress(enabled: bool, description: str, total: int):
         TimeRemainingColumn,
     )
 
+    # stderr, so that a command's stdout holds only its result lines.
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        disable=not enabled, transient=False,
+        console=Console(stderr=True), disable=not enabled, transient=False,
     )
+
+
+def _normalized(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    # JSON round trip: what is stored and compared is plain data, whatever the caller passed.
+    return None if spec is None else json.loads(json.dumps(spec, sort_keys=True))
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Any) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints written before CUDA states were kept
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [float(g["initial_lr"]) for g in optimizer.param_groups]
+
+
+def _resume(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            cfg: TrainConfig, spec: dict[str, Any] | None) -> RunState | None:
+    """Load the latest checkpoint into model/optimizer/RNG after checking it belongs here."""
+    found = load_checkpoint(ckpt_dir)
+    if found is None:
+        return None
+    step, weights, state = found
+    saved_spec = state.get("spec")
+    if spec is not None and saved_spec is not None and saved_spec != spec:
+        diff = sorted(k for k in set(spec) | set(saved_spec) if spec.get(k) != saved_spec.get(k))
+        raise CheckpointError(f"checkpoint in {ckpt_dir} belongs to a run with a different spec "
+                              f"(differs in {diff}); use another directory or delete it")
+    sched = state.get("schedule")
+    if sched is not None:
+        want = {**cfg.schedule_state(), "base_lrs": _base_lrs(optimizer)}
+        got = {k: sched.get(k) for k in want}
+        if got != want:
+            diff = sorted(k for k in want if got[k] != want[k])
+            raise CheckpointError(f"checkpoint in {ckpt_dir} was trained with a different LR "
+                                  f"schedule (differs in {diff}), so resuming would not be "
+                                  f"exact; use another directory or delete it")
+    if step > cfg.steps:
+        raise CheckpointError(f"checkpoint in {ckpt_dir} is at step {step}, past the "
+                              f"{cfg.steps} steps asked for; use another directory")
+    try:
+        model.load_state_dict(weights, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint in {ckpt_dir} does not fit this model/optimizer "
+                              f"({str(e).splitlines()[0]}); use another directory") from None
+    _set_rng_state(state["rng"])
+    run = state["run"]
+    return RunState(step=step, **{k: run[k] for k in run if k in RunState.__dataclass_fields__})
 
 
 def train(
@@ -109,35 +219,42 @@ def train(
     get_batch: Callable[[int], Batch],
     cfg: TrainConfig,
     *,
-    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = default_loss,
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    loss_fn: LossFn = default_loss,
+    eval_fn: EvalFn | None = None,
     ckpt_dir: Path | None = None,
+    spec: dict[str, Any] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` for ``cfg.steps`` steps, resuming from ``ckpt_dir`` when it holds one.
+    """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``ckpt_dir`` if it holds
+    a checkpoint of the same run.
 
-    Returns ``{"status": "done"|"diverged", "steps", "train_loss", "eval", "curves",
-    "timings"}``. Divergence (a non-finite loss, or one above ``diverge_factor`` × the first
-    loss) ends the run with status ``diverged`` and no optimizer step on the bad batch.
-    ``on_step(step, loss)`` runs after each optimizer step (diagnostics hooks; may raise to
-    stop the run, which is how the tests simulate a kill).
+    Each step: lr = initial_lr × :func:`lr_multiplier`; loss = ``loss_fn(model,
+    get_batch(step))``; divergence check; backward; clip the global grad norm to
+    ``grad_clip``; ``optimizer.step()``; ``on_step(step_done, loss)``; every ``eval_every``
+    steps ``eval_fn(model)`` (under ``no_grad`` and ``eval()``) then ``on_eval(step, metrics)``;
+    every ``checkpoint_every`` steps an atomic checkpoint (weights, optimizer, RNG, schedule,
+    ``spec``, curves). A non-finite loss or grad norm, or a loss above ``diverge_factor`` × the
+    first loss, ends the run with status ``diverged`` without stepping on the bad batch. A hook
+    may raise to stop the run (that is how the tests simulate a kill).
+
+    Returns ``{"status": "done"|"diverged", "steps", "train_loss", "initial_loss", "final"
+    (last eval metrics), "eval" (same), "best" ({"step", metrics…} of the best
+    ``best_metric``), "curves" ({name: [[step, value], …]}), "timings"}``.
     """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    spec = _normalized(spec)
     for g in optimizer.param_groups:
         g.setdefault("initial_lr", g["lr"])
-    rs = RunState()
-    if ckpt_dir is not None:
-        found = load_checkpoint(ckpt_dir)
-        if found is not None:
-            step, weights, state = found
-            model.load_state_dict(weights, strict=True)
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            rs = RunState(**state["run"])
-            rs.step = step
-    status = "done"
+    rs = None if ckpt_dir is None else _resume(Path(ckpt_dir), model, optimizer, cfg, spec)
+    rs = rs or RunState()
+    loaded_step = rs.step if ckpt_dir is not None and rs.step else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    status, steps_run = "done", 0
     t_start = time.perf_counter()
     model.train()
-    with _progress(cfg.progress, cfg.description, cfg.steps) as bar:
+    with _progress(cfg.progress) as bar:
         task = bar.add_task(cfg.description, total=cfg.steps, completed=rs.step, loss="-",
                             tps="-")
         while rs.step < cfg.steps:
@@ -158,53 +275,82 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if not torch.isfinite(norm):
+                    status = "diverged"
+                    rs.curves.setdefault("train_loss", []).append([step, lv])
+                    optimizer.zero_grad(set_to_none=True)
+                    break
             optimizer.step()
             rs.train_seconds += time.perf_counter() - t0
             rs.tokens += int(batch[0].numel())
             rs.step = step + 1
+            steps_run += 1
             if on_step is not None:
                 on_step(rs.step, lv)
             if rs.step % cfg.log_every == 0 or rs.step == cfg.steps:
                 rs.curves.setdefault("train_loss", []).append([rs.step, lv])
             if eval_fn is not None and cfg.eval_every and rs.step % cfg.eval_every == 0:
-                _evaluate(model, eval_fn, rs)
+                _evaluate(model, eval_fn, rs, cfg, on_eval)
             tps = rs.tokens / rs.train_seconds if rs.train_seconds else 0.0
             bar.update(task, completed=rs.step, loss=f"{lv:.4f}", tps=f"{tps:,.0f}")
             if ckpt_dir is not None and cfg.checkpoint_every and \
                     rs.step % cfg.checkpoint_every == 0 and rs.step < cfg.steps:
-                _save(ckpt_dir, model, optimizer, rs)
+                _save(Path(ckpt_dir), model, optimizer, rs, cfg, spec)
     if status == "done" and eval_fn is not None and \
             (not cfg.eval_every or cfg.steps % cfg.eval_every or not rs.last_eval):
-        _evaluate(model, eval_fn, rs)
-    if ckpt_dir is not None and status == "done":
-        _save(ckpt_dir, model, optimizer, rs)
+        _evaluate(model, eval_fn, rs, cfg, on_eval)
+    if ckpt_dir is not None and status == "done" and rs.step != loaded_step:
+        _save(Path(ckpt_dir), model, optimizer, rs, cfg, spec)
+    return _result(status, rs, steps_run, time.perf_counter() - t_start)
+
+
+def _result(status: str, rs: RunState, steps_run: int, wall: float) -> dict[str, Any]:
     train_curve = rs.curves.get("train_loss", [])
     return {
         "status": status,
         "steps": rs.step,
         "train_loss": train_curve[-1][1] if train_curve else None,
+        "initial_loss": rs.first_loss,
+        "final": dict(rs.last_eval),
         "eval": dict(rs.last_eval),
+        "best": dict(rs.best),
         "curves": rs.curves,
-        "timings": {"train_s": rs.train_seconds, "wall_s": time.perf_counter() - t_start,
-                    "tokens": rs.tokens,
+        "timings": {"wall_s": wall, "train_s": rs.train_seconds, "eval_s": rs.eval_seconds,
+                    "step_s": rs.train_seconds / rs.step if rs.step else 0.0,
+                    "steps_this_session": steps_run, "tokens": rs.tokens,
                     "tokens_per_s": rs.tokens / rs.train_seconds if rs.train_seconds else 0.0},
     }
 
 
-def _evaluate(model: nn.Module, eval_fn, rs: RunState) -> None:
+def _evaluate(model: nn.Module, eval_fn: EvalFn, rs: RunState, cfg: TrainConfig,
+              on_eval: Callable[[int, dict[str, float]], None] | None) -> None:
+    t0 = time.perf_counter()
     model.eval()
-    with torch.no_grad():
-        metrics = eval_fn(model)
-    model.train()
+    try:
+        with torch.no_grad():
+            metrics = eval_fn(model)
+    finally:
+        model.train()
+    rs.eval_seconds += time.perf_counter() - t0
     rs.last_eval = {k: float(v) for k, v in metrics.items()}
     for k, v in rs.last_eval.items():
         rs.curves.setdefault(k, []).append([rs.step, v])
+    value = rs.last_eval.get(cfg.best_metric)
+    if value is not None and math.isfinite(value):
+        old = rs.best.get(cfg.best_metric)
+        if old is None or (value > old if cfg.higher_is_better else value < old):
+            rs.best = {"step": rs.step, **rs.last_eval}
+    if on_eval is not None:
+        on_eval(rs.step, dict(rs.last_eval))
 
 
-def _save(ckpt_dir: Path, model: nn.Module, optimizer, rs: RunState) -> None:
-    state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-             "run": {"first_loss": rs.first_loss, "curves": rs.curves,
-                     "last_eval": rs.last_eval, "train_seconds": rs.train_seconds,
-                     "tokens": rs.tokens}}
-    save_checkpoint(ckpt_dir, rs.step, model.state_dict(), state)
+def _save(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rs: RunState,
+          cfg: TrainConfig, spec: dict[str, Any] | None) -> None:
+    run = asdict(rs)
+    run.pop("step")
+    state = {"format": 2, "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+             "schedule": {**cfg.schedule_state(), "base_lrs": _base_lrs(optimizer),
+                          "lr_multiplier": lr_multiplier(rs.step, cfg)},
+             "spec": spec, "run": run}
+    save_checkpoint(ckpt_dir, rs.step, model.state_dict(), state, keep=cfg.keep_checkpoints)

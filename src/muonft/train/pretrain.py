@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,13 @@ DEFAULT_WD = {"adamw": 0.1, "muon": 0.1}
 
 
 def default_spec(**overrides: Any) -> dict[str, Any]:
-    """A complete pretraining spec with the defaults filled in (validated)."""
+    """A complete pretraining spec with the defaults filled in (validated).
+
+    ``tokens=T`` may be given instead of ``steps``: steps = max(1, T // (batch_size ·
+    block_size)); the spec records the resulting ``steps``.
+    """
+    overrides = dict(overrides)
+    tokens = overrides.pop("tokens", None)
     opt = overrides.get("optimizer", "adamw")
     spec = {
         "model": "tiny", "optimizer": opt, "steps": 600, "lr": None, "weight_decay": None,
@@ -51,9 +58,20 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
         spec["lr"] = DEFAULT_LR[spec["optimizer"]]
     if spec["weight_decay"] is None:
         spec["weight_decay"] = DEFAULT_WD[spec["optimizer"]]
-    for k in ("steps", "batch_size", "block_size", "vocab_size"):
-        if not isinstance(spec[k], int) or spec[k] <= 0:
+    if tokens is not None:
+        if overrides.get("steps") is not None:
+            raise ConfigError("give --steps or --tokens, not both")
+        if not isinstance(tokens, int) or tokens <= 0:
+            raise ConfigError(f"tokens must be a positive integer, got {tokens}")
+        if isinstance(spec["batch_size"], int) and isinstance(spec["block_size"], int) and \
+                spec["batch_size"] > 0 and spec["block_size"] > 0:
+            spec["steps"] = max(1, tokens // (spec["batch_size"] * spec["block_size"]))
+    for k in ("steps", "batch_size", "block_size", "vocab_size", "eval_batches"):
+        if not isinstance(spec[k], int) or isinstance(spec[k], bool) or spec[k] <= 0:
             raise ConfigError(f"{k} must be a positive integer, got {spec[k]}")
+    for k in ("warmup", "eval_every", "seed"):
+        if not isinstance(spec[k], int) or spec[k] < 0:
+            raise ConfigError(f"{k} must be an integer >= 0, got {spec[k]}")
     if not spec["lr"] > 0:
         raise ConfigError(f"lr must be > 0, got {spec['lr']}")
     if spec["weight_decay"] < 0:
@@ -62,6 +80,13 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
 
     if spec["model"] not in PRESETS:
         raise ConfigError(f"unknown model {spec['model']!r}; choose one of {', '.join(PRESETS)}")
+    if spec["block_size"] > PRESETS[spec["model"]].block_size:
+        raise ConfigError(f"block_size {spec['block_size']} exceeds the {spec['model']} model's "
+                          f"{PRESETS[spec['model']].block_size}")
+    from muonft.train.loop import SCHEDULES
+
+    if spec["schedule"] not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {spec['schedule']!r}")
     return spec
 
 
@@ -133,25 +158,41 @@ def _check_same_spec(out: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     return prev
 
 
-def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | None = None,
-             progress: bool = True, checkpoint_every: int = 100) -> dict[str, Any]:
-    """Run (or resume, or return the finished) pretraining described by ``spec``."""
-    from muonft.data import LMBatcher, get_tokenizer, load_lm_splits
-    from muonft.models import build_gpt
-
-    spec = default_spec(**spec)
-    out = Path(out) if out is not None else default_out(spec)
+def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output directory {out} is not writable; pass another --out")
+
+
+def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | None = None,
+             progress: bool = True, checkpoint_every: int = 100) -> dict[str, Any]:
+    """Run (or resume, or return the finished) pretraining described by ``spec``.
+
+    ``spec`` holds any subset of :func:`default_spec`'s keys; ``out`` defaults to
+    :func:`default_out`. Writes ``out/model.safetensors``, ``out/config.json`` (what
+    :func:`muonft.models.build_model` rebuilds the model from, plus the tokenizer) and
+    ``out/run.json`` = ``{"spec", "status", "metrics", "curves", "timings", "versions"}``
+    with ``metrics.val_loss`` the final validation loss on the pretraining corpus and
+    ``hidden_rms`` / ``hidden_mean_spectral_norm`` of the block matrices.
+    """
+    from muonft.data import LMBatcher, get_tokenizer, load_lm_splits
+    from muonft.models import build_gpt, model_config
+
+    spec = default_spec(**spec)
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    out = Path(out) if out is not None else default_out(spec)
+    _check_writable(out)
     prev = _check_same_spec(out, spec)
     if prev is not None and prev.get("status") in ("done", "diverged") and \
             (out / "model.safetensors").exists():
         prev["resumed"] = "already finished"
         return prev
-    if threads:
-        torch.set_num_threads(threads)
     tok = get_tokenizer(spec["vocab_size"], corpus=spec["tokenizer_corpus"])
     splits = load_lm_splits(spec["corpus"], tok)
     torch.manual_seed(spec["seed"])
@@ -160,20 +201,23 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     batcher = LMBatcher(splits.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     cfg = TrainConfig(steps=spec["steps"], schedule=spec["schedule"], warmup=spec["warmup"],
                       grad_clip=spec["grad_clip"], eval_every=spec["eval_every"],
-                      checkpoint_every=checkpoint_every, progress=progress,
+                      checkpoint_every=checkpoint_every, threads=threads, progress=progress,
                       description=f"pretrain {spec['model']} {spec['optimizer']}")
     atomic_write_json(out / "run.json", {"spec": spec, "status": "running"})
-    result = train(model, opt, batcher.get, cfg, ckpt_dir=out / "ckpt",
+    result = train(model, opt, batcher.get, cfg, ckpt_dir=out / "ckpt", spec=spec,
                    eval_fn=lm_eval_fn(splits.val, spec["block_size"], 32, spec["eval_batches"]))
+    # Weights and config first, run.json last: a run.json saying "done" implies both exist.
     save_weights(model.state_dict(), out / "model.safetensors")
-    atomic_write_json(out / "config.json", {"kind": "gpt", "config": model.config.to_dict(),
-                                            "pretrain_corpus": spec["corpus"],
-                                            "tokenizer": {
-        "corpus": spec["tokenizer_corpus"], "vocab_size": spec["vocab_size"]}})
-    metrics = {"val_loss": result["eval"].get("val_loss"), "train_loss": result["train_loss"],
+    atomic_write_json(out / "config.json", {
+        **model_config(model), "pretrain_corpus": spec["corpus"],
+        "tokenizer": {"corpus": spec["tokenizer_corpus"], "vocab_size": spec["vocab_size"]}})
+    metrics = {"val_loss": result["final"].get("val_loss"),
+               "best_val_loss": result["best"].get("val_loss"),
+               "train_loss": result["train_loss"], "initial_loss": result["initial_loss"],
                **hidden_weight_stats(model), **result["timings"]}
     record = {"spec": spec, "status": result["status"], "metrics": metrics,
-              "curves": result["curves"],
-              "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+              "curves": result["curves"], "timings": result["timings"],
+              "versions": {"torch": torch.__version__, "python": platform.python_version()},
+              "error": None}
     atomic_write_json(out / "run.json", record)
     return record
