@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from muonft.optim import Muon, muon_param_groups, orthogonalize, update_scale
@@ -62,6 +64,21 @@ def test_batched_equals_per_parameter():
         M = d.reshape(d.shape[0], -1)
         single = orthogonalize(M, "polar_express", dtype=torch.float32).reshape(d.shape)
         torch.testing.assert_close(u, single, rtol=0, atol=1e-5)
+
+
+_SHAPE = st.sampled_from([(6, 10), (10, 6), (6, 6), (3, 2, 2, 2), (6, 2, 5), (1, 7)])
+
+
+@settings(max_examples=12, deadline=None)
+@given(shapes=st.lists(_SHAPE, min_size=1, max_size=6),
+       method=st.sampled_from(["ns5", "polar_express", "exact_thin"]))
+def test_batched_equals_per_parameter_property(shapes, method):
+    dirs = _grads(shapes, len(shapes))
+    batched = orthogonalize_batched(dirs, method, 5, torch.float64, stack=True)
+    looped = orthogonalize_batched(dirs, method, 5, torch.float64, stack=False)
+    for d, u, v in zip(dirs, batched, looped):
+        assert u.shape == d.shape
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
 
 
 def test_conv_weights_are_flattened_not_mixed():
@@ -207,6 +224,12 @@ def test_invalid_parameters():
         Muon([torch.zeros(4, requires_grad=True)])
     with pytest.raises(ValueError, match="complex"):
         Muon([torch.zeros(4, 4, dtype=torch.complex64, requires_grad=True)])
+    with pytest.raises(ValueError, match="sparse parameters"):
+        Muon([torch.eye(4).to_sparse().requires_grad_()])
+    with pytest.raises(ValueError, match=r"ns_dtype must be a floating torch dtype.*'bf16'"):
+        Muon([torch.zeros(4, 4, requires_grad=True)], ns_dtype="bf16")
+    with pytest.raises(ValueError, match=r"ns_dtype.*torch\.int8"):
+        Muon([torch.zeros(4, 4, requires_grad=True)], ns_dtype=torch.int8)
     p = torch.zeros(4, 4, requires_grad=True)
     opt = Muon([p])
     p.grad = torch.eye(4).to_sparse()

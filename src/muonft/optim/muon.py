@@ -72,7 +72,7 @@ def momentum_update(
     if style == "ema":
         torch._foreach_lerp_(bufs, grads, 1 - momentum)
         if nesterov:
-            return [g.lerp(b, momentum) for g, b in zip(grads, bufs)]
+            return list(torch._foreach_lerp(grads, bufs, momentum))
     else:
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads)
@@ -315,6 +315,11 @@ def _validate_group(group: dict[str, Any]) -> None:
             raise ValueError(
                 f"unknown scale rule {group['scale']!r}; choose one of "
                 f"{', '.join(sorted(SCALE_RULES))}"
+            )
+        nd = group["ns_dtype"]
+        if nd is not None and not (isinstance(nd, torch.dtype) and nd.is_floating_point):
+            raise ValueError(
+                f"ns_dtype must be a floating torch dtype (e.g. torch.bfloat16) or None, got {nd!r}"
             )
         if int(group["ns_steps"]) < 1:
             raise ValueError(f"ns_steps must be >= 1, got {group['ns_steps']}")

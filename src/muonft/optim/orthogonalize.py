@@ -316,6 +316,12 @@ def orthogonality_error(U: Tensor) -> Tensor:
     return (s - 1).abs().mean(dim=-1)
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for queued kernels on an accelerator (no-op on CPU), so timings measure the work."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
+
+
 @dataclass(frozen=True)
 class AutoChoice:
     """What ``auto`` picked for one (shape, dtype, device) key, and why."""
@@ -378,8 +384,10 @@ class AutoPolicy:
         best_t = {i: math.inf for i in admissible}
         for _ in range(self.repeats):
             for i in admissible:
+                _sync(G.device)
                 t0 = time.perf_counter()
                 run(*cands[i])
+                _sync(G.device)  # accelerators run asynchronously: time the work, not the launch
                 best_t[i] = min(best_t[i], time.perf_counter() - t0)
         best = min(admissible, key=lambda i: best_t[i])
         return AutoChoice(cands[best][0], cands[best][1], best_t[best], errors[best],
