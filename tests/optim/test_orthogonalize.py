@@ -78,6 +78,19 @@ def test_exact_thin_rank_deficient_gives_partial_isometry():
     assert abs(s[0] - 1) < 1e-6 and s[1:].abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("shape", [(8, 512), (96, 300)])  # exact → exact_thin, exact → svd
+def test_exact_methods_agree_on_rank_deficient_fp32_input(shape):
+    # A rank-r gradient must give a rank-r partial isometry in fp32, not rounding noise
+    # blown up to unit singular values (what a plain SVD-based U Vᵀ does).
+    g = torch.Generator().manual_seed(1)
+    r = 3
+    G = torch.randn(shape[0], r, generator=g) @ torch.randn(r, shape[1], generator=g)
+    for method in ("exact", "exact_thin", "svd"):
+        s = torch.linalg.svdvals(orthogonalize(G, method).double())
+        assert (s[:r] - 1).abs().max() < 1e-3, method
+        assert s[r:].max() < 1e-3, method
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     m=st.integers(1, 24), n=st.integers(1, 24), batch=st.integers(1, 3),

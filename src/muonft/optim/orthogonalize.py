@@ -21,7 +21,7 @@ Methods (``orthogonalize(G, method=...)``):
 - ``"exact_thin"``: the exact polar factor ``(XXᵀ)^{-1/2} X`` from an m×m ``eigh``, with
   eigenvalues below ``eps·λ_max`` treated as zero (rank-deficient input maps to a partial
   isometry, like the SVD). Meant for thin matrices such as LoRA factors (min(m, n) ≤ 64).
-- ``"svd"``: exact ``U Vᵀ`` from the SVD.
+- ``"svd"``: exact ``U Vᵀ`` from the SVD, with the same floor (σᵢ ≤ √eps·σ₁ count as zero).
 - ``"exact"``: ``exact_thin`` when min(m, n) ≤ 64, else ``svd``.
 - ``"auto"``: per (shape, dtype, device), the fastest of the methods above whose output is at
   least as close to orthogonal as ``ns5``'s on the same input (mean |σᵢ − 1|); decided once on
@@ -229,9 +229,13 @@ def _exact_thin(X: Tensor, eps: float) -> Tensor:
     return torch.bmm(W, X)
 
 
-def _svd_polar(X: Tensor) -> Tensor:
-    U, _, Vh = torch.linalg.svd(X, full_matrices=False)
-    return U @ Vh
+def _svd_polar(X: Tensor, eps: float) -> Tensor:
+    """U Vᵀ from the SVD, keeping only σᵢ > √eps·σ₁ — the floor ``_exact_thin`` puts on
+    σᵢ² = λᵢ — so both exact methods agree on rank-deficient input instead of the SVD turning
+    rounding-level singular values into unit ones."""
+    U, sig, Vh = torch.linalg.svd(X, full_matrices=False)
+    keep = (sig > sig[..., :1] * math.sqrt(eps)).to(U.dtype)
+    return (U * keep.unsqueeze(-2)) @ Vh
 
 
 def orthogonalize(
@@ -294,7 +298,7 @@ def orthogonalize_raw(
     X = src.to(work, memory_format=torch.contiguous_format, copy=True)
     X, lead = _as_batch(X)
     if method in ("exact_thin", "svd"):
-        Y = _exact_thin(X, eps) if method == "exact_thin" else _svd_polar(X)
+        Y = _exact_thin(X, eps) if method == "exact_thin" else _svd_polar(X, eps)
     else:
         schedule = _coefficient_schedule(method, steps, coefficients)
         pe = method in ("polar_express", "gram_polar_express")
