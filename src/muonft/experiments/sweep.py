@@ -1,0 +1,446 @@
+"""The sweep executor: expand a SweepSpec, run what is missing in worker processes, extend
+LR grids adaptively, and leave every result in the results store.
+
+Exactly-once: each run id is enqueued once; a worker *claims* it (atomic ``queued → running``
+under the executor's token) before running it and writes its result together with the status
+change, in one transaction, only while it still holds the claim. A sweep restarted after a crash
+(SIGKILL included) requeues the runs whose claim is stale — the executor that held them was on
+this host and is dead, or its heartbeat is older than ``stale_after_s`` — and re-runs them; runs
+that are ``done`` or ``diverged`` are skipped, ``failed`` ones are tried again once per sweep
+invocation. Workers ask the kernel to kill them when the executor dies (``PR_SET_PDEATHSIG``),
+so no orphan keeps running a claimed run.
+
+Workers are ``spawn``-ed processes (default: one per core, one torch thread each) fed one run at
+a time; a worker that dies mid-run has that run recorded ``failed`` and is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from muonft.experiments.runners import load_runner, register_runner, runner_path
+from muonft.experiments.spec import RunSpec, SweepSpec, expand, run_id
+from muonft.store import Store
+
+__all__ = ["SweepSummary", "register_runner", "run_sweep"]
+
+HEARTBEAT_S = 5.0
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep invocation did, with its time accounting.
+
+    ``overhead`` = (time workers spent on a run other than inside the runner — claim, store
+    write, queue transfer, runner import — plus the executor's own store/aggregation time) ÷
+    (that plus the time inside runners). ``idle_s`` (worker start-up and the tail where fewer
+    runs than workers remain) is reported apart.
+    """
+
+    name: str
+    store: str
+    total: int = 0
+    skipped: int = 0
+    ran: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    rounds: int = 0
+    extensions: list[str] = field(default_factory=list)
+    workers: int = 0
+    threads: int = 0
+    wall_s: float = 0.0
+    runner_s: float = 0.0
+    busy_s: float = 0.0
+    main_store_s: float = 0.0
+    idle_s: float = 0.0
+    held_elsewhere: int = 0
+
+    @property
+    def overhead(self) -> float:
+        denom = self.busy_s + self.main_store_s
+        return (denom - self.runner_s) / denom if denom > 0 else 0.0
+
+    def line(self) -> str:
+        c = self.counts
+        return (f"sweep {self.name}: {self.total} runs ({self.skipped} already finished, "
+                f"{self.ran} run now): {c.get('done', 0)} done, {c.get('diverged', 0)} diverged, "
+                f"{c.get('failed', 0)} failed; {self.wall_s:.1f}s with {self.workers} worker(s) "
+                f"× {self.threads} thread(s); overhead {100 * self.overhead:.2f}%")
+
+
+def default_workers_threads(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """Default: one single-thread worker per core; ``threads`` default = cores // workers."""
+    cores = os.cpu_count() or 1
+    w = cores if workers is None else workers
+    t = threads if threads else max(1, cores // max(1, w))
+    if w < 0 or t < 1:
+        raise ValueError(f"workers must be >= 0 and threads >= 1, got {w}, {t}")
+    return w, t
+
+
+def spec_label(spec: RunSpec) -> str:
+    """A short human label of a run: pretrained init, optimizer, method, lr, seed."""
+    extra = f" r{spec.lora.rank}" if spec.method == "lora" else ""
+    return f"{spec.init} {spec.optimizer} {spec.method}{extra} lr={spec.lr:.3g} s{spec.seed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run (shared by worker processes and the inline executor)
+
+def execute_run(store: Store, rid: str, spec_json: str, path: str, run_dir: str, token: str,
+                owner_pid: int, on_start: Callable[[], None] | None = None
+                ) -> tuple[str, float]:
+    """Claim, run and record one run. Returns (status, seconds inside the runner); status is
+    ``skipped`` when the claim was not ours, ``lost`` when the claim was lost before writing."""
+    if not store.claim(rid, token, owner_pid):
+        return "skipped", 0.0
+    if on_start:
+        on_start()
+    t0 = time.perf_counter()
+    try:
+        spec = RunSpec.model_validate_json(spec_json)
+        runner = load_runner(path)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        result = dict(runner(spec, Path(run_dir)))
+        if result.get("status") not in ("done", "diverged", "failed"):
+            raise ValueError(f"runner {path} returned status {result.get('status')!r}; "
+                             f"expected done, diverged or failed")
+    except Exception as e:  # a crashing run is recorded, the sweep goes on
+        result = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                  "traceback": traceback.format_exc()}
+    run_s = time.perf_counter() - t0
+    result.setdefault("timings", {})
+    result["timings"] = {**(result["timings"] or {}), "wall_s": run_s}
+    result["run_id"] = rid
+    ok = store.record_result(result, run_id=rid, token=token)
+    return (result["status"] if ok else "lost"), run_s
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphaned runs)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(idx: int, task_q: Any, result_q: Any, db_path: str, token: str,
+                 owner_pid: int, threads: int) -> None:
+    _die_with_parent()
+    if os.getppid() != owner_pid:  # parent died before prctl took effect
+        os._exit(1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the executor decides on Ctrl-C
+    store = Store(db_path)
+    result_q.put(("ready", idx, None, None, 0.0))
+    while True:
+        task = task_q.get()
+        if task is None:
+            break
+        rid, spec_json, path, run_dir = task
+        status, run_s = execute_run(
+            store, rid, spec_json, path, run_dir, token, owner_pid,
+            on_start=lambda rid=rid: result_q.put(("start", idx, rid, None, 0.0)))
+        result_q.put(("end", idx, rid, status, run_s))
+    store.close()
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the executor's claims every HEARTBEAT_S seconds from its own connection."""
+
+    def __init__(self, db_path: Path, token: str) -> None:
+        super().__init__(daemon=True)
+        self.db_path, self.token, self.stop = db_path, token, threading.Event()
+
+    def run(self) -> None:
+        store = Store(self.db_path)
+        while not self.stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                store.heartbeat(self.token)
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress display
+
+class _Display:
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled = enabled
+        self.active: dict[str, Any] = {}
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True),
+                                 transient=True)
+        self.overall = self.progress.add_task("runs", total=total, completed=done)
+        self.progress.start()
+
+    def add_total(self, n: int) -> None:
+        if self.enabled:
+            t = self.progress.tasks[self.overall].total or 0
+            self.progress.update(self.overall, total=t + n)
+
+    def start(self, rid: str, label: str) -> None:
+        if self.enabled:
+            self.active[rid] = self.progress.add_task(f"  {label}", total=None)
+
+    def end(self, rid: str) -> None:
+        if self.enabled:
+            if rid in self.active:
+                self.progress.remove_task(self.active.pop(rid))
+            self.progress.advance(self.overall)
+
+    def log(self, msg: str) -> None:
+        if self.enabled:
+            self.progress.console.print(msg)
+        else:
+            print(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The executor
+
+def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None = None,
+              threads: int | None = None, progress: bool = True, stale_after_s: float = 120.0,
+              quiet: bool = False) -> SweepSummary:
+    """Run every missing run of ``sweep`` into ``out/results.sqlite`` (run dirs under
+    ``out/runs/<id>``), extending LR grids adaptively, and return a :class:`SweepSummary`.
+
+    ``workers`` 0 runs in this process (runners registered here need no import path);
+    default = sweep.workers or one worker per core; ``threads`` = torch threads per worker.
+    """
+    from muonft.experiments.aggregate import existing_extra_lrs, propose_extensions, runs_frame
+
+    out = Path(out)
+    for s in expand(sweep):  # unknown kind → one-line error before the store is touched
+        runner_path(s.kind)
+    store = Store(out)
+    w, t = default_workers_threads(workers if workers is not None else sweep.workers,
+                                   threads if threads is not None else sweep.threads)
+    token = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    summary = SweepSummary(name=sweep.name, store=str(store.path), workers=w, threads=t)
+    t_start = time.perf_counter()
+    heart = _Heartbeat(store.path, token)
+    heart.start()
+    display = None
+    pool: _Pool | None = None
+    try:
+        ts = time.perf_counter()
+        extra = existing_extra_lrs(store, sweep)
+        summary.main_store_s += time.perf_counter() - ts
+        first = True
+        while True:
+            summary.rounds += 1
+            ts = time.perf_counter()
+            specs = expand(sweep, extra)
+            ids = [run_id(s) for s in specs]
+            for s in specs:
+                runner_path(s.kind)  # unknown kind → one-line error before anything runs
+            store.enqueue(((i, s.kind, s.model_dump(mode="json")) for i, s in zip(ids, specs)),
+                          sweep=sweep.name)
+            requeued = store.requeue(ids, statuses=("failed",) if first else (),
+                                     stale_after_s=stale_after_s)
+            if requeued:
+                store.log_event("requeue", f"requeued {len(requeued)} failed or stale run(s)",
+                                sweep.name)
+            status = _statuses(store, ids)
+            todo = [(i, s) for i, s in zip(ids, specs) if status[i] == "queued"]
+            summary.main_store_s += time.perf_counter() - ts
+            summary.total = len(ids)
+            if first:
+                summary.skipped = sum(status[i] in ("done", "diverged") for i in ids)
+                display = _Display(progress and not quiet, len(ids), len(ids) - len(todo))
+            elif display is not None:
+                display.add_total(len(todo))
+            if todo:
+                if w == 0:
+                    _run_inline(store, todo, out, token, display, summary)
+                else:
+                    if pool is None:
+                        pool = _Pool(min(w, len(todo)) if first else w, store.path, token, t)
+                    pool.run(todo, out, store, display, summary)
+            first = False
+            if not sweep.adaptive.enabled:
+                break
+            ts = time.perf_counter()
+            new = propose_extensions(runs_frame(store, sweep.name), sweep, extra)
+            summary.main_store_s += time.perf_counter() - ts
+            if not new:
+                break
+            for cell, lr, direction, label in new:
+                extra.setdefault(cell, []).append(lr)
+                msg = f"adaptive grid: {label}: best lr at the {direction} edge, adding lr={lr:g}"
+                summary.extensions.append(msg)
+                store.log_event("extend", msg, sweep.name)
+                if not quiet:
+                    display.log(msg)
+        summary.counts = store.status_counts(sweep.name)
+        summary.held_elsewhere = summary.counts.get("running", 0)
+    finally:
+        if pool is not None:
+            pool.close()
+        if display is not None:
+            display.close()
+        heart.stop.set()
+        summary.wall_s = time.perf_counter() - t_start
+        if pool is not None:
+            summary.idle_s = max(0.0, pool.size * pool.wall_s - summary.busy_s)
+        store.close()
+    return summary
+
+
+def _statuses(store: Store, ids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k in range(0, len(ids), 500):
+        chunk = ids[k:k + 500]
+        q = ",".join("?" * len(chunk))
+        out.update(dict(store.rows(f"SELECT id, status FROM runs WHERE id IN ({q})", chunk)))
+    return out
+
+
+def _run_inline(store: Store, todo: list[tuple[str, RunSpec]], out: Path, token: str,
+                display: _Display, summary: SweepSummary) -> None:
+    for rid, spec in todo:
+        t0 = time.perf_counter()
+        status, run_s = execute_run(store, rid, spec.model_dump_json(), runner_path(spec.kind),
+                                    str(out / "runs" / rid), token, os.getpid(),
+                                    on_start=lambda rid=rid, spec=spec: display.start(
+                                        rid, spec_label(spec)))
+        summary.busy_s += time.perf_counter() - t0
+        summary.runner_s += run_s
+        summary.ran += status not in ("skipped", "lost")
+        display.end(rid)
+
+
+class _Pool:
+    """``size`` spawned workers, each fed one run at a time through its own queue."""
+
+    def __init__(self, size: int, db_path: Path, token: str, threads: int) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.size, self.db_path, self.token, self.threads = size, db_path, token, threads
+        self.result_q = self.ctx.Queue()
+        self.procs: list[Any] = [None] * size
+        self.task_qs: list[Any] = [None] * size
+        self.wall_s = 0.0
+        self.ready: set[int] = set()
+        for i in range(size):
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
+        self.task_qs[i] = self.ctx.Queue()
+        p = self.ctx.Process(target=_worker_main, name=f"muonft-sweep-{i}", daemon=True,
+                             args=(i, self.task_qs[i], self.result_q, str(self.db_path),
+                                   self.token, os.getpid(), self.threads))
+        p.start()
+        self.procs[i] = p
+
+    def run(self, todo: list[tuple[str, RunSpec]], out: Path, store: Store, display: _Display,
+            summary: SweepSummary) -> None:
+        t0 = time.perf_counter()
+        pending = list(reversed(todo))
+        specs = dict(todo)
+        assigned: dict[int, tuple[str, float]] = {}
+        idle = list(self.ready)
+        while pending or assigned:
+            while idle and pending:
+                i = idle.pop()
+                rid, spec = pending.pop()
+                self.task_qs[i].put((rid, spec.model_dump_json(), runner_path(spec.kind),
+                                     str(out / "runs" / rid)))
+                assigned[i] = (rid, time.perf_counter())
+            try:
+                kind, i, rid, status, run_s = self.result_q.get(timeout=0.5)
+            except queue.Empty:
+                self._reap(assigned, idle, pending, specs, store, display, summary)
+                continue
+            if kind == "ready":  # start-up done (import, store open): idle time, not overhead
+                self.ready.add(i)
+                if i not in assigned and i not in idle:
+                    idle.append(i)
+            elif kind == "start":
+                display.start(rid, spec_label(specs[rid]))
+            elif kind == "end":
+                _, t_sent = assigned.pop(i)
+                summary.busy_s += time.perf_counter() - t_sent
+                summary.runner_s += run_s
+                summary.ran += status not in ("skipped", "lost")
+                display.end(rid)
+                idle.append(i)
+        self.wall_s += time.perf_counter() - t0
+
+    def _reap(self, assigned: dict[int, tuple[str, float]], idle: list[int],
+              pending: list[tuple[str, RunSpec]], specs: dict[str, RunSpec], store: Store,
+              display: _Display, summary: SweepSummary) -> None:
+        """Replace dead workers; the run a dead worker held is recorded failed."""
+        for i, p in enumerate(self.procs):
+            if p.is_alive():
+                continue
+            code = p.exitcode
+            if i in assigned:
+                rid, t_sent = assigned.pop(i)
+                summary.busy_s += time.perf_counter() - t_sent
+                row = store.rows("SELECT status, claim_token FROM runs WHERE id=?", [rid])[0]
+                if row["status"] == "running" and row["claim_token"] == self.token:
+                    store.mark_failed(rid, f"worker process died (exit code {code})",
+                                      token=self.token)
+                    summary.ran += 1
+                    display.end(rid)
+                elif row["status"] == "queued":
+                    pending.append((rid, specs[rid]))
+                else:
+                    display.end(rid)
+            if i in idle:
+                idle.remove(i)
+            self.ready.discard(i)
+            self._spawn(i)
+
+    def close(self) -> None:
+        for q in self.task_qs:
+            with contextlib.suppress(Exception):
+                q.put(None)
+        deadline = time.monotonic() + 5
+        for p in self.procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def summary_json(s: SweepSummary) -> str:
+    d = {k: v for k, v in s.__dict__.items()}
+    d["overhead"] = s.overhead
+    return json.dumps(d, default=lambda x: None if isinstance(x, float) and math.isnan(x)
+                      else str(x))

@@ -1,0 +1,337 @@
+"""Honest verdicts on the study's claims 2–6 (``shared/PAPER.md``), computed from stored runs.
+
+Every claim is reduced to one number whose sign the claim predicts, with a 95% confidence
+interval over seeds:
+
+- differences of means are *linear contrasts* Σ cᵢ·meanᵢ of independent seed groups; their
+  standard error is √Σ cᵢ²sᵢ²/nᵢ and the degrees of freedom follow Welch–Satterthwaite,
+  ν = (Σ cᵢ²sᵢ²/nᵢ)² / Σ (cᵢ²sᵢ²/nᵢ)²/(nᵢ−1) (two groups: Welch's t-interval);
+- correlations (disruption vs LR) are within-cell Pearson correlations of log₁₀ LR with the
+  metric (both centred per cell), with a Fisher-z interval, z ± 1.96/√(n − k − 3) for n runs in
+  k cells.
+
+The verdict is ``reproduced`` when the whole interval lies on the predicted side of zero,
+``not reproduced`` when it lies wholly on the other side, ``inconclusive`` when it contains zero,
+and ``no data`` when the runs needed are missing. ``resolvable`` is the interval's half-width:
+the smallest effect these runs could have told apart from zero. Metrics are oriented as
+*badness* (the metric itself when lower is better, its negative otherwise), so a positive gap
+always means "worse".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from muonft.experiments.aggregate import best_lr_table
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = (
+    "reproduced", "not reproduced", "inconclusive", "no data")
+
+
+@dataclass
+class ClaimResult:
+    """One row of the claims table."""
+
+    claim: str
+    statement: str
+    measured: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    resolvable: float
+    verdict: str
+    method: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def contrast_ci(groups: list[tuple[np.ndarray | list[float], float]], level: float = 0.95
+                ) -> tuple[float, float, float]:
+    """(estimate, CI half-width, Welch–Satterthwaite df) of Σ cᵢ·mean(xᵢ) over independent
+    groups ``(xᵢ, cᵢ)``; NaN half-width if any group has fewer than 2 values."""
+    from scipy.special import stdtrit
+
+    est, var, denom = 0.0, 0.0, 0.0
+    for values, c in groups:
+        v = np.asarray(values, dtype=float)
+        if len(v) == 0:
+            return math.nan, math.nan, math.nan
+        est += c * float(v.mean())
+        if len(v) < 2:
+            var = math.nan
+            continue
+        term = c * c * float(v.var(ddof=1)) / len(v)
+        var += term
+        denom += term * term / (len(v) - 1)
+    if not math.isfinite(var):
+        return est, math.nan, math.nan
+    if var == 0:
+        return est, 0.0, math.inf
+    df = var * var / denom
+    return est, float(stdtrit(df, (1 + level) / 2) * math.sqrt(var)), df
+
+
+def verdict_of(estimate: float, half: float, expected_sign: int = 1) -> str:
+    """``reproduced`` / ``not reproduced`` / ``inconclusive`` from an interval
+    estimate ± half and the sign the claim predicts; ``no data`` when the estimate is NaN."""
+    if not math.isfinite(estimate):
+        return NO_DATA
+    if not math.isfinite(half):
+        return INCONCLUSIVE
+    lo, hi = sorted((expected_sign * (estimate - half), expected_sign * (estimate + half)))
+    if lo > 0:
+        return REPRODUCED
+    if hi < 0:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def _result(claim: str, statement: str, measured: str, est: float, half: float,
+            method: str, sign: int = 1) -> ClaimResult:
+    return ClaimResult(claim, statement, measured, est, est - half, est + half, half,
+                       verdict_of(est, half, sign), method)
+
+
+def _no_data(claim: str, statement: str, need: str) -> ClaimResult:
+    return ClaimResult(claim, statement, f"missing: {need}", math.nan, math.nan, math.nan,
+                       math.nan, NO_DATA, "")
+
+
+def _pair_key(cell: str, drop: tuple[str, ...] = ("optimizer", "muon")) -> str:
+    d = json.loads(cell)
+    for k in drop:
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True)
+
+
+def _bad(row: pd.Series) -> np.ndarray:
+    v = np.asarray(row["values"], dtype=float)
+    return -v if row["higher_is_better"] else v
+
+
+def _mismatch_pairs(best: pd.DataFrame, method: str) -> list[tuple[str, pd.Series, pd.Series]]:
+    """(pretrained, mismatched row, matched row) for every pair of cells that differ only in
+    the fine-tuning optimizer, with a pretraining optimizer known from the init name."""
+    rows = best[(best.method == method) & best.pretrained.isin(["adamw", "muon"])]
+    if rows.empty:
+        return []
+    out = []
+    for _, g in rows.groupby(rows.cell.map(_pair_key)):
+        by_opt = {r.optimizer: r for _, r in g.iterrows()}
+        if {"adamw", "muon"} <= set(by_opt):
+            pre = g.pretrained.iloc[0]
+            mis = "muon" if pre == "adamw" else "adamw"
+            out.append((pre, by_opt[mis], by_opt[pre]))
+    return out
+
+
+def _lora_rank_choice(best: pd.DataFrame, rank: int = 8) -> int | None:
+    ranks = sorted(best[best.method == "lora"]["lora.rank"].dropna().astype(int).unique())
+    if not ranks:
+        return None
+    return rank if rank in ranks else ranks[0]
+
+
+def claim_mismatch_full(best: pd.DataFrame) -> ClaimResult:
+    """Claim 2: under full fine-tuning the mismatched optimizer is worse than the matched one
+    (contrast: mean over pretrained models of badness(mismatched) − badness(matched))."""
+    st = "Mismatch hurts full fine-tuning (mismatched optimizer worse at its best LR)"
+    pairs = _mismatch_pairs(best, "full")
+    if not pairs:
+        return _no_data("2", st, "full fine-tuning cells with both optimizers on a known init")
+    k = len(pairs)
+    groups = [(_bad(mis), 1 / k) for _, mis, _ in pairs] + \
+             [(_bad(mat), -1 / k) for _, _, mat in pairs]
+    est, half, _ = contrast_ci(groups)
+    parts = [f"{pre}-pretrained: {(_bad(mis).mean() - _bad(mat).mean()):+.4g}"
+             for pre, mis, mat in pairs]
+    return _result("2", st, f"gap {est:+.4g} ({'; '.join(parts)}) in {pairs[0][1]['metric']}",
+                   est, half, "Welch contrast over seeds at each cell's best LR")
+
+
+def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
+    """Claim 4a: the mismatch gap under LoRA (rank 8, or the smallest rank) is smaller than
+    under full fine-tuning: contrast gap_full − gap_lora."""
+    st = "LoRA mitigates the mismatch (gap under LoRA smaller than under full)"
+    rank = _lora_rank_choice(best)
+    lora = best[(best.method == "lora") & (best["lora.rank"] == rank)] if rank else best[:0]
+    if "lora.variant" in lora:
+        lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
+    full_pairs = {pre: (mis, mat) for pre, mis, mat in _mismatch_pairs(best, "full")}
+    lora_pairs = {pre: (mis, mat) for pre, mis, mat in _mismatch_pairs(lora, "lora")} \
+        if len(lora) else {}
+    common = sorted(set(full_pairs) & set(lora_pairs))
+    if not common:
+        return _no_data("4a", st, "full and LoRA cells with both optimizers on the same init")
+    k, groups = len(common), []
+    for pre in common:
+        (fm, ft), (lm, lt) = full_pairs[pre], lora_pairs[pre]
+        groups += [(_bad(fm), 1 / k), (_bad(ft), -1 / k), (_bad(lm), -1 / k), (_bad(lt), 1 / k)]
+    est, half, _ = contrast_ci(groups)
+    gf = np.mean([_bad(full_pairs[p][0]).mean() - _bad(full_pairs[p][1]).mean() for p in common])
+    gl = np.mean([_bad(lora_pairs[p][0]).mean() - _bad(lora_pairs[p][1]).mean() for p in common])
+    return _result("4a", st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
+                   f"difference {est:+.4g}", est, half, "Welch contrast of two gaps")
+
+
+def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
+    """Claim 4b: the LoRA mismatch gap grows with rank — least-squares slope of the gap over
+    log₂ rank, a linear contrast with cᵣ = (xᵣ − x̄)/Σ(x − x̄)²."""
+    st = "The gap comes back as LoRA rank grows (slope of gap vs log2 rank > 0)"
+    lora = best[best.method == "lora"]
+    if "lora.variant" in lora:
+        lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
+    by_rank: dict[int, dict[str, tuple[pd.Series, pd.Series]]] = {}
+    for r, g in lora.groupby("lora.rank"):
+        by_rank[int(r)] = {pre: (mis, mat) for pre, mis, mat in _mismatch_pairs(g, "lora")}
+    pres = set.intersection(*[set(v) for v in by_rank.values()]) if by_rank else set()
+    ranks = sorted(r for r in by_rank if by_rank[r])
+    if len(ranks) < 2 or not pres:
+        return _no_data("4b", st, "LoRA cells with both optimizers at two or more ranks")
+    x = np.log2(ranks)
+    c = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    groups = []
+    for pre in sorted(pres):
+        for r, cr in zip(ranks, c):
+            mis, mat = by_rank[r][pre]
+            groups += [(_bad(mis), cr / len(pres)), (_bad(mat), -cr / len(pres))]
+    est, half, _ = contrast_ci(groups)
+    gaps = ", ".join(
+        f"r{r}: {np.mean([_bad(by_rank[r][p][0]).mean() - _bad(by_rank[r][p][1]).mean() for p in pres]):+.3g}"  # noqa: E501
+        for r in ranks)
+    return _result("4b", st, f"slope {est:+.4g} per doubling ({gaps})", est, half,
+                   "Welch contrast (least-squares slope)")
+
+
+def claim_variants(best: pd.DataFrame) -> list[ClaimResult]:
+    """Claim 5: LoRA variants do not help Muon — per variant, badness(variant) − badness(plain
+    LoRA) for Muon at the same rank and init; reproduced when the variant is worse beyond the
+    CI, not reproduced when it is better beyond it."""
+    st = "LoRA variants do not help Muon (variant − plain LoRA ≥ 0)"
+    lora = best[(best.method == "lora") & (best.optimizer == "muon")]
+    if lora.empty or "lora.variant" not in lora:
+        return [_no_data("5", st, "Muon LoRA cells with a variant and plain LoRA")]
+    out = []
+    base = lora[lora["lora.variant"] == "lora"]
+    for variant, g in lora[lora["lora.variant"] != "lora"].groupby("lora.variant"):
+        groups = []
+        for _, row in g.iterrows():
+            key = _pair_key(row.cell, ("lora",))
+            match = base[(base.cell.map(lambda c: _pair_key(c, ("lora",))) == key) &
+                         (base["lora.rank"] == row["lora.rank"])]
+            if len(match):
+                groups.append((row, match.iloc[0]))
+        if not groups:
+            continue
+        k = len(groups)
+        est, half, _ = contrast_ci([(_bad(v), 1 / k) for v, _ in groups] +
+                                   [(_bad(b), -1 / k) for _, b in groups])
+        out.append(_result(f"5 ({variant})", st, f"{variant} − lora {est:+.4g}", est, half,
+                           "Welch contrast at each cell's best LR"))
+    return out or [_no_data("5", st, "Muon LoRA cells with a variant and plain LoRA")]
+
+
+def within_cell_correlation(frame: pd.DataFrame, metric: str, x: str = "lr"
+                            ) -> tuple[float, float, int, int]:
+    """(r, Fisher-z CI half-width on the z scale, n runs, k cells): the Pearson correlation of
+    log₁₀ ``x`` and ``metric`` after centring both within each cell, over finished runs."""
+    runs = frame[(frame.status == "done")]
+    if metric not in runs:
+        return math.nan, math.nan, 0, 0
+    runs = runs[np.isfinite(runs[metric].astype(float)) & (runs[x] > 0)]
+    xs, ys, k = [], [], 0
+    for _, g in runs.groupby("cell"):
+        if g[x].nunique() < 2:
+            continue
+        lx = np.log10(g[x].astype(float).to_numpy())
+        y = g[metric].astype(float).to_numpy()
+        xs.append(lx - lx.mean())
+        ys.append(y - y.mean())
+        k += 1
+    if not xs:
+        return math.nan, math.nan, 0, 0
+    xv, yv = np.concatenate(xs), np.concatenate(ys)
+    n = len(xv)
+    if n - k - 3 <= 0 or xv.std() == 0 or yv.std() == 0:
+        return math.nan, math.nan, n, k
+    r = float(np.corrcoef(xv, yv)[0, 1])
+    return r, 1.959964 / math.sqrt(n - k - 3), n, k
+
+
+def claim_disruption(frame: pd.DataFrame, metric: str, claim: str, what: str) -> ClaimResult:
+    """Claim 3: larger LR → more disruption (``l2_drift`` or ``forgetting``) under full
+    fine-tuning: within-cell correlation with a Fisher-z interval."""
+    st = f"Disruption grows with update strength: {what} increases with LR (full FT)"
+    full = frame[frame.method == "full"] if "method" in frame else frame[:0]
+    r, zhalf, n, k = within_cell_correlation(full, metric)
+    if not math.isfinite(r):
+        return _no_data(claim, st, f"{metric} at ≥2 LRs per cell in enough full-FT runs")
+    z = math.atanh(max(-0.999999, min(0.999999, r)))
+    lo, hi = math.tanh(z - zhalf), math.tanh(z + zhalf)
+    res = _result(claim, st, f"within-cell r = {r:+.3f} over {n} runs in {k} cells", r,
+                  (hi - lo) / 2, "Pearson of centred log10 lr, Fisher-z CI")
+    res.ci_low, res.ci_high = lo, hi
+    res.verdict = REPRODUCED if lo > 0 else NOT_REPRODUCED if hi < 0 else INCONCLUSIVE
+    return res
+
+
+def claim_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, metric: str,
+                   claim: str) -> ClaimResult:
+    """Claim 6: Muon-trained updates (ΔW = W − W₀; BA under LoRA) have higher ``metric``
+    (stable rank, spectral entropy) than AdamW-trained ones: mean over matched cell pairs of
+    metric(Muon) − metric(AdamW), at each cell's best LR, layer group ``overall`` (else the
+    mean over groups)."""
+    st = f"Spectral signature: Muon updates have higher {metric.replace('_', ' ')}"
+    if diag is None or diag.empty:
+        return _no_data(claim, st, "update diagnostics")
+    d = diag[(diag.kind == "update") & (diag.metric == metric)]
+    if d.empty:
+        return _no_data(claim, st, f"update diagnostics {metric}")
+    per_run = d[d.group == "overall"].set_index("run_id").value
+    rest = d[~d.run_id.isin(per_run.index)].groupby("run_id").value.mean()
+    per_run = pd.concat([per_run, rest])
+    groups, n_pairs = [], 0
+    pairs = [(m, a) for _, g in best.groupby(best.cell.map(_pair_key))
+             for m, a in [(g[g.optimizer == "muon"], g[g.optimizer == "adamw"])]
+             if len(m) and len(a)]
+    for m, a in pairs:
+        vals = []
+        for row in (m.iloc[0], a.iloc[0]):
+            ids = frame[(frame.cell == row.cell) & (frame.lr == row.best_lr) &
+                        (frame.status == "done")].run_id
+            vals.append(per_run.reindex(ids).dropna().to_numpy())
+        if len(vals[0]) and len(vals[1]):
+            groups.append(vals)
+            n_pairs += 1
+    if not groups:
+        return _no_data(claim, st, "matched Muon/AdamW cells with update diagnostics")
+    est, half, _ = contrast_ci([(v[0], 1 / n_pairs) for v in groups] +
+                               [(v[1], -1 / n_pairs) for v in groups])
+    return _result(claim, st, f"Muon − AdamW {est:+.4g} over {n_pairs} cell pair(s)", est,
+                   half, "Welch contrast at each cell's best LR")
+
+
+def claims_table(frame: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All claims 2–6 as a DataFrame (one row per claim; see :class:`ClaimResult`), from a
+    runs frame (:func:`muonft.experiments.aggregate.runs_frame`) and a diagnostics frame."""
+    cols = list(ClaimResult.__dataclass_fields__)
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=cols)
+    best = best_lr_table(frame)
+    if best.empty:
+        return pd.DataFrame(columns=cols)
+    rows = [claim_mismatch_full(best),
+            claim_disruption(frame, "l2_drift", "3a", "L2 drift"),
+            claim_disruption(frame, "forgetting", "3b", "forgetting"),
+            claim_lora_mitigates(best), claim_gap_grows_with_rank(best),
+            *claim_variants(best),
+            claim_spectral(best, frame, diag, "stable_rank", "6a"),
+            claim_spectral(best, frame, diag, "spectral_entropy", "6b")]
+    return pd.DataFrame([r.as_dict() for r in rows], columns=cols)
