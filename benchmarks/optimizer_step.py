@@ -42,8 +42,9 @@ def make_params(shapes: list[tuple[int, int]], seed: int = 0) -> tuple[list, lis
 
 
 def time_steps(makers: dict[str, Callable[[list], torch.optim.Optimizer]], shapes,
-               warmup: int, repeats: int) -> dict[str, tuple[float, int]]:
-    """Median seconds per step and state bytes of each optimizer, steps interleaved.
+               warmup: int, repeats: int
+               ) -> tuple[dict[str, tuple[float, int]], dict[str, torch.optim.Optimizer]]:
+    """Median seconds per step and state bytes of each optimizer, and the optimizers.
 
     Every optimizer gets its own copy of the same parameters and gradients; the timed steps
     alternate between optimizers round by round, so drift of the machine's speed hits all alike.
@@ -68,7 +69,7 @@ def time_steps(makers: dict[str, Callable[[list], torch.optim.Optimizer]], shape
         state_bytes = sum(t.numel() * t.element_size() for st in opt.state.values()
                           for t in st.values() if torch.is_tensor(t))
         out[name] = (statistics.median(times[name]), state_bytes)
-    return out
+    return out, opts
 
 
 def ns_flops(shapes, steps: int = 5) -> float:
@@ -144,7 +145,7 @@ def main() -> None:
           ("muonft auto", ours("auto"))]),
     ]:
         print(f"\n{title}")
-        res = time_steps(dict(candidates) | {"torch.optim.Muon": torch_muon,
+        res, opts = time_steps(dict(candidates) | {"torch.optim.Muon": torch_muon,
                                              "torch.optim.AdamW": adamw}, shapes, warmup, repeats)
         t_ref, t_adam = res["torch.optim.Muon"][0], res["torch.optim.AdamW"][0]
         s_adam = res["torch.optim.AdamW"][1]
@@ -155,6 +156,9 @@ def main() -> None:
             print(f"  {name:<24}{t * 1e3:>10.1f}{t_ref / t:>14.2f}x{t / t_adam:>9.2f}x"
                   f"{s / 2**20:>10.2f}")
         print(f"  Muon-group state / AdamW state: {rows[0][2] / s_adam:.2f}")
+        for key, c in opts["muonft auto"].auto_choices.items():
+            print(f"  auto {key}: {c['method']} ({c['steps']} steps), mean |σ-1| "
+                  f"{c['error']:.3f} vs NS5 {c['ns5_error']:.3f}")
         if shapes and min(shapes[0]) > 64:
             o, p = ortho_gflops(shapes, repeats), gemm_gflops(args.d, repeats)
             print(f"  NS5 orthogonalization: {o:.0f} GFLOP/s; plain bf16 GEMM: {p:.0f} GFLOP/s "

@@ -258,3 +258,16 @@ def test_deepcopy_and_state_dict_keep_rule_names():
     sd = copy.deepcopy(opt.state_dict())
     assert sd["param_groups"][0]["scale"] == "spectral"
     assert sd["param_groups"][0]["orthogonalizer"] == "ns5"
+
+
+def test_auto_choices_are_exposed_and_no_less_orthogonal_than_ns5():
+    ps = [torch.zeros(16, 48, requires_grad=True), torch.zeros(8, 64, requires_grad=True)]
+    opt = Muon(ps, orthogonalizer="auto")
+    assert opt.auto_choices == {}
+    for p, g in zip(ps, _grads([(16, 48), (8, 64)], 4)):
+        p.grad = g
+    opt.step()
+    choices = opt.auto_choices
+    assert len(choices) == 2
+    for c in choices.values():
+        assert c["error"] <= c["ns5_error"] + 1e-6

@@ -205,6 +205,13 @@ class Muon(torch.optim.Optimizer):
         super().add_param_group(param_group)
         _validate_group(self.param_groups[-1])
 
+    @property
+    def auto_choices(self) -> dict[str, dict]:
+        """What ``orthogonalizer="auto"`` picked so far, per shape key: method, steps, measured
+        seconds and mean |σ−1| next to NS5's. Empty until an ``auto`` group has stepped; record
+        it with results, since the choice is made by timing on the machine that runs."""
+        return self._auto.export()
+
     # torch stores only param_groups/state; the auto decisions ride along in the first group.
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
