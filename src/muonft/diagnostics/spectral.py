@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -81,21 +82,42 @@ def lowrank_spectral_metrics(B: Tensor, A: Tensor, scale: float = 1.0,
     return out
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (``None``: leave the setting alone).
+
+    Diagnostics default to 1: LAPACK SVDs of matrices this small gain little from threads,
+    and on a shared, loaded CPU OpenMP threads waiting for each other make them 10-100×
+    slower (tiny GPT, 2 cores under load: 0.2 s with 1 thread, 0.5-22 s with 2).
+    """
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def as_matrix(t: Tensor) -> Tensor:
     """A ≥2-D tensor as (out, rest): conv kernels become (out_channels, in·kh·kw)."""
     return t if t.ndim == 2 else t.reshape(t.shape[0], -1)
 
 
 def batched_spectral_metrics(
-    mats: Mapping[str, Tensor], dtype: torch.dtype = torch.float32
+    mats: Mapping[str, Tensor], dtype: torch.dtype = torch.float32, threads: int | None = 1
 ) -> dict[str, dict[str, float]]:
-    """Spectral metrics per named matrix, with one ``svdvals`` call per distinct shape."""
+    """Spectral metrics per named matrix, with one ``svdvals`` call per distinct shape
+    (run with ``threads`` CPU threads, see :func:`torch_threads`)."""
     by_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
     for n, m in mats.items():
         by_shape[tuple(m.shape)].append(n)
     out: dict[str, dict[str, float]] = {}
     for names in by_shape.values():
-        res = spectral_metrics(torch.stack([mats[n].detach() for n in names]), dtype)
+        with torch_threads(threads):
+            res = spectral_metrics(torch.stack([mats[n].detach() for n in names]), dtype)
         cols = {k: v.tolist() for k, v in res.items()}
         for i, n in enumerate(names):
             out[n] = {k: float(cols[k][i]) for k in SPECTRAL_KEYS}
@@ -145,7 +167,7 @@ def parameter_drift(now: Mapping[str, Tensor],
 
 def weight_diagnostics(
     now: Mapping[str, Tensor], init: Mapping[str, Tensor] | None = None, *,
-    update: bool = False, dtype: torch.dtype = torch.float32,
+    update: bool = False, dtype: torch.dtype = torch.float32, threads: int | None = 1,
 ) -> dict[str, dict[str, float]]:
     """Per-layer-group metrics of the ≥2-D parameters in ``now`` (name → tensor).
 
@@ -154,6 +176,7 @@ def weight_diagnostics(
     pretrained weights) is given. With ``update=True`` the spectral metrics are those of the
     update ΔW = W − W₀ (the record's ``diagnostics_update``) instead of W. Groups come from
     :func:`muonft.diagnostics.layer_group`; aggregation rules are in the module docstring.
+    The SVDs run with ``threads`` CPU threads (default 1, see :func:`torch_threads`).
     """
     if update and init is None:
         raise ValueError("update=True needs the initial weights: pass init=")
@@ -165,15 +188,16 @@ def weight_diagnostics(
     mats = {n: as_matrix(t.detach()) for n, t in now.items() if t.ndim >= 2}
     if not mats:
         raise ValueError("no ≥2-D parameter to diagnose")
-    if update:
-        assert init is not None
-        mats = {n: m - as_matrix(init[n].detach()).to(m.device, m.dtype)
-                for n, m in mats.items()}
-    per = batched_spectral_metrics(mats, dtype)
     out: dict[str, dict[str, float]] = {}
-    for g, names in group_names(mats).items():
-        row = mean_rows([per[n] for n in names])
-        if init is not None:
-            row |= drift(names, now, init)
-        out[g] = row
+    with torch_threads(threads):
+        if update:
+            assert init is not None
+            mats = {n: m - as_matrix(init[n].detach()).to(m.device, m.dtype)
+                    for n, m in mats.items()}
+        per = batched_spectral_metrics(mats, dtype, None)
+        for g, names in group_names(mats).items():
+            row = mean_rows([per[n] for n in names])
+            if init is not None:
+                row |= drift(names, now, init)
+            out[g] = row
     return out
