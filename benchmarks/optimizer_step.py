@@ -5,12 +5,15 @@ against torch.optim.Muon, the orthogonalization's achieved GFLOP/s next to a pla
 measured in the same run, and optimizer-state bytes.
 
     python benchmarks/optimizer_step.py            # 8-layer d=512 matrix set, LoRA r=8 factors
-    python benchmarks/optimizer_step.py --quick    # 2 layers, fewer repeats (about a minute)
+    python benchmarks/optimizer_step.py --quick    # 2 layers, fewer repeats (under a minute)
+    python benchmarks/optimizer_step.py --spectrum powerlaw   # heavy-tailed gradient spectra
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -34,22 +37,38 @@ def lora_shapes(d: int, layers: int, r: int) -> list[tuple[int, int]]:
     return out
 
 
-def make_params(shapes: list[tuple[int, int]], seed: int = 0) -> tuple[list, list]:
+def _powerlaw(m: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """A matrix with random singular vectors and σ_k ∝ 1/k (heavy-tailed, like real
+    gradients), scaled to a Gaussian matrix's Frobenius norm √(mn)."""
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=g))
+    s = 1.0 / torch.arange(1, k + 1, dtype=torch.float32)
+    s *= math.sqrt(m * n) / s.norm()
+    return (U * s) @ V.T
+
+
+def make_params(shapes: list[tuple[int, int]], spectrum: str = "gaussian",
+                seed: int = 0) -> tuple[list, list]:
+    """Parameters (0.02·N(0,1)) and gradients: Gaussian, or power-law spectra."""
     g = torch.Generator().manual_seed(seed)
     params = [torch.randn(*s, generator=g) * 0.02 for s in shapes]
-    grads = [torch.randn(*s, generator=g) for s in shapes]
+    if spectrum == "powerlaw":
+        grads = [_powerlaw(*s, g) for s in shapes]
+    else:
+        grads = [torch.randn(*s, generator=g) for s in shapes]
     return params, grads
 
 
 def time_steps(makers: dict[str, Callable[[list], torch.optim.Optimizer]], shapes,
-               warmup: int, repeats: int
+               warmup: int, repeats: int, spectrum: str = "gaussian"
                ) -> tuple[dict[str, tuple[float, int]], dict[str, torch.optim.Optimizer]]:
     """Median seconds per step and state bytes of each optimizer, and the optimizers.
 
     Every optimizer gets its own copy of the same parameters and gradients; the timed steps
     alternate between optimizers round by round, so drift of the machine's speed hits all alike.
     """
-    init, grads = make_params(shapes)
+    init, grads = make_params(shapes, spectrum)
     opts, params = {}, {}
     for name, make in makers.items():
         ps = [p.clone().requires_grad_() for p in init]
@@ -97,8 +116,8 @@ def gemm_gflops(d: int, repeats: int) -> float:
     return best
 
 
-def ortho_gflops(shapes, repeats: int) -> float:
-    _, grads = make_params(shapes)
+def ortho_gflops(shapes, repeats: int, spectrum: str = "gaussian") -> float:
+    _, grads = make_params(shapes, spectrum)
     orthogonalize_batched(grads, "ns5", 5, torch.bfloat16)
     ts = []
     for _ in range(repeats):
@@ -116,6 +135,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--spectrum", choices=("gaussian", "powerlaw"), default="gaussian",
+                    help="gradients: i.i.d. Gaussian, or σ_k ∝ 1/k (heavy-tailed, like real ones)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,7 +154,8 @@ def main() -> None:
         return torch.optim.AdamW(ps, lr=1e-3, foreach=True)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d={args.d}, "
-          f"{layers} layers, median of {repeats} steps after {warmup} warm-up")
+          f"{layers} layers, {args.spectrum} gradients, median of {repeats} steps after {warmup} "
+          f"warm-up; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for title, shapes, candidates in [
         (f"(a) full matrices ({len(layer_shapes(args.d, layers))} matrices)",
          layer_shapes(args.d, layers),
@@ -145,8 +167,8 @@ def main() -> None:
           ("muonft auto", ours("auto"))]),
     ]:
         print(f"\n{title}")
-        res, opts = time_steps(dict(candidates) | {"torch.optim.Muon": torch_muon,
-                                             "torch.optim.AdamW": adamw}, shapes, warmup, repeats)
+        makers = dict(candidates) | {"torch.optim.Muon": torch_muon, "torch.optim.AdamW": adamw}
+        res, opts = time_steps(makers, shapes, warmup, repeats, args.spectrum)
         t_ref, t_adam = res["torch.optim.Muon"][0], res["torch.optim.AdamW"][0]
         s_adam = res["torch.optim.AdamW"][1]
         print(f"  {'optimizer':<24}{'step ms':>10}{'vs torch Muon':>15}{'vs AdamW':>10}"
@@ -160,7 +182,7 @@ def main() -> None:
             print(f"  auto {key}: {c['method']} ({c['steps']} steps), mean |σ-1| "
                   f"{c['error']:.3f} vs NS5 {c['ns5_error']:.3f}")
         if shapes and min(shapes[0]) > 64:
-            o, p = ortho_gflops(shapes, repeats), gemm_gflops(args.d, repeats)
+            o, p = ortho_gflops(shapes, repeats, args.spectrum), gemm_gflops(args.d, repeats)
             print(f"  NS5 orthogonalization: {o:.0f} GFLOP/s; plain bf16 GEMM: {p:.0f} GFLOP/s "
                   f"({o / p:.0%} of GEMM)")
 
