@@ -46,6 +46,10 @@ def test_targets_by_ending(tiny):
                                                 "blocks.0.mlp.fc_out", "blocks.1.mlp.fc_out"}
     m = apply_lora(tiny(), LoRASpec(rank=2, targets="head"))  # explicit targets may be heads
     assert [n for n, *_ in lora_factors(m)] == ["head"]
+    spec = LoRASpec(rank=2, targets=["attn.v"])  # a list (from YAML) becomes a tuple
+    assert spec.targets == ("attn.v",) and hash(spec)
+    m = apply_lora(tiny(), spec)
+    assert [n for n, *_ in lora_factors(m)] == ["blocks.0.attn.v", "blocks.1.attn.v"]
 
 
 def test_scaling_of_variants(tiny):
@@ -154,3 +158,20 @@ def test_bad_targets_rank_and_grad_fn(tiny):
         apply_lora(m, LoRASpec(rank=2))
     with pytest.raises(ValueError, match="no attention or MLP linear"):
         apply_lora(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoRASpec(rank=2))
+
+
+def test_pissa_uses_fast_svd_on_large_layers(tiny, monkeypatch):
+    import muonft.adapters.lora as lora_mod
+
+    m = tiny()
+    small = lora_mod._peft_config(m, LoRASpec(rank=2, variant="pissa"), ["blocks.0.attn.q"])
+    assert small.init_lora_weights == "pissa"
+    monkeypatch.setattr(lora_mod, "PISSA_FAST_MIN_DIM", 16)
+    cfg = lora_mod._peft_config(m, LoRASpec(rank=2, variant="pissa"), ["blocks.0.attn.q"])
+    assert cfg.init_lora_weights == "pissa_niter_16"
+    W0 = m.blocks[0].attn.q.weight.detach().clone()
+    apply_lora(m, LoRASpec(rank=2, alpha=2, variant="pissa", targets=("0.attn.q",)))
+    layer = m.blocks[0].attn.q
+    BA = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    torch.testing.assert_close(layer.base_layer.weight + BA, W0, rtol=1e-4, atol=1e-5)
+    assert float(torch.linalg.matrix_rank(BA.detach())) == 2

@@ -74,6 +74,8 @@ class LoRASpec:
             raise ConfigError(f"LoRA-One gamma must be > 0, got {self.gamma}")
         if isinstance(self.targets, str):  # a bare string would be iterated letter by letter
             object.__setattr__(self, "targets", (self.targets,))
+        elif self.targets is not None:  # lists from YAML/JSON: keep the spec hashable
+            object.__setattr__(self, "targets", tuple(self.targets))
         if self.targets is not None and not self.targets:
             raise ConfigError("LoRA targets must name at least one module (or be None for "
                               "the default attention and MLP linears)")
