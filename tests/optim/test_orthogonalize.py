@@ -168,3 +168,23 @@ def test_gram_iteration_matches_direct_on_near_square_input(dtype):
         slack = 0.02 if dtype == torch.float32 else 0.1
         assert e_gram.max() < e_dir.max() + slack, method
         assert (e_gram.mean() - e_dir.mean()).abs() < 0.02, method
+
+
+@pytest.mark.parametrize("method", ["ns5", "polar_express", "gram_ns", "gram_polar_express",
+                                    "exact_thin", "svd", "exact", "auto"])
+def test_zero_input_gives_zero_not_nan(method):
+    # A parameter whose gradient is exactly zero (e.g. LoRA A at B = 0) must get no update.
+    for shape in [(4, 8), (8, 4), (2, 70, 100)]:
+        U = orthogonalize(torch.zeros(*shape), method)
+        assert torch.isfinite(U).all() and U.abs().max() == 0, shape
+
+
+def test_auto_does_not_decide_on_an_all_zero_input():
+    policy = AutoPolicy(repeats=1)
+    assert policy(torch.zeros(2, 8, 64)).abs().max() == 0
+    assert policy.choices == {}
+    G = torch.randn(2, 8, 64)
+    U = policy(G)
+    assert len(policy.choices) == 1
+    ns5 = orthogonality_error(orthogonalize(G, "ns5")).mean()
+    assert orthogonality_error(U).mean() <= ns5 + 1e-3

@@ -402,6 +402,10 @@ class AutoPolicy:
         k = self.key(G, dtype)
         choice = self.choices.get(k)
         if choice is None:
+            if not bool(G.any()) or not bool(torch.isfinite(G).all()):
+                # Nothing to learn from an all-zero (e.g. LoRA A while B = 0) or non-finite
+                # input, where every method scores alike: use NS5 now, decide on a real one.
+                return orthogonalize_raw(G, method="ns5", steps=steps, dtype=dtype, eps=eps)
             choice = self.decide(G, dtype, eps)
             self.choices[k] = choice
         return orthogonalize_raw(G, method=choice.method, steps=choice.steps, dtype=dtype, eps=eps)
