@@ -32,7 +32,7 @@ def _random_feasible(p, rng, scale):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_references_are_feasible_and_optimal(seed):
     p = make_problem(8, 16, 4, seed)
-    refs = references(p)
+    refs = references(p, spectral_by_sdp=True)
     for W in refs.as_dict().values():
         assert np.abs(p.X @ W - p.Y).max() < 1e-6
     # the canonical references attain the optimal norms found by the LP / SDP
