@@ -215,6 +215,60 @@ def toy(
         print(f)
 
 
+# --- experiments.sweep / store / report.study ---------------------------------------------------
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep spec (YAML)."),
+    out: Path = typer.Option(None, help="Project dir holding results.sqlite (default: "
+                             "sweeps/<name>)."),
+    workers: int = typer.Option(None, help="Worker processes (default: one per core; 0 = "
+                                "run in this process)."),
+    threads: int = typer.Option(None, help="torch threads per worker (default cores/workers)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """Run a sweep: expand the grid, skip finished runs, run the rest, extend LR grids."""
+    from muonft.experiments.spec import load_sweep_spec
+    from muonft.experiments.sweep import run_sweep
+
+    s = load_sweep_spec(spec)
+    summary = run_sweep(s, out or Path("sweeps") / s.name, workers=workers, threads=threads,
+                        progress=not quiet, quiet=quiet)
+    print(summary.line())
+    print(summary.store)
+
+
+@app.command()
+def report(
+    dir: Path = typer.Argument(..., help="Project dir (holds results.sqlite)."),
+    sweep_name: str = typer.Option(None, "--sweep", help="Only this sweep (default: all)."),
+) -> None:
+    """Write report.md / report.html and PNG figures from the results store."""
+    from muonft.report.study import write_report
+
+    print(write_report(dir, sweep_name))
+
+
+@app.command()
+def runs(
+    dir: Path = typer.Argument(..., help="Project dir (holds results.sqlite)."),
+    sweep_name: str = typer.Option(None, "--sweep", help="Only this sweep."),
+    status: str = typer.Option(None, help="Only runs with this status."),
+) -> None:
+    """List the runs in a results store (id, status, optimizer, method, lr, seed, target)."""
+    from muonft.experiments.aggregate import runs_frame
+    from muonft.store import STATUSES, Store
+
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+    with Store(dir, create=False) as st:
+        df = runs_frame(st, sweep_name)
+    if status is not None and len(df):
+        df = df[df.status == status]
+    cols = [c for c in ("run_id", "status", "init", "optimizer", "method", "lora.rank", "lr",
+                        "seed", "target", "test", "error") if c in df]
+    print(df[cols].to_string(index=False) if len(df) else "no runs")
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 

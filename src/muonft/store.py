@@ -335,7 +335,7 @@ class Store:
         where, params = _where(sweep, status)
         df = self.frame(f"SELECT * FROM runs{where} ORDER BY queued_at, id", params)
         df["spec"] = df["spec"].map(json.loads)
-        df["meta"] = df["meta"].map(lambda s: json.loads(s) if s else {})
+        df["meta"] = df["meta"].map(lambda s: json.loads(s) if isinstance(s, str) else {})
         return df
 
     def metrics(self, sweep: str | None = None):

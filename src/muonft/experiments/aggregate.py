@@ -150,7 +150,8 @@ def best_lr_table(frame: pd.DataFrame, metric: str = "target", report: str = "te
                "std": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
                "ci95": t_ci_halfwidth(vals),
                "all_diverged": not len(finite),
-               "n_diverged": int(g.n_diverged.sum()), "n_failed": int(g.n_failed.sum())}
+               "n_diverged": int((cell_runs.status == "diverged").sum()),
+               "n_failed": int((cell_runs.status == "failed").sum())}
         for extra in ("update_rms_mean", "l2_drift_mean", "forgetting_mean"):
             if extra in best:
                 row[extra.removesuffix("_mean")] = best[extra]

@@ -21,8 +21,8 @@ import ctypes
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import queue
 import signal
 import sys
 import threading
@@ -140,8 +140,8 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker_main(idx: int, task_q: Any, result_q: Any, db_path: str, token: str,
-                 owner_pid: int, threads: int) -> None:
+def _worker_main(idx: int, conn: Any, db_path: str, token: str, owner_pid: int,
+                 threads: int) -> None:
     _die_with_parent()
     if os.getppid() != owner_pid:  # parent died before prctl took effect
         os._exit(1)
@@ -149,16 +149,19 @@ def _worker_main(idx: int, task_q: Any, result_q: Any, db_path: str, token: str,
         os.environ[var] = str(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the executor decides on Ctrl-C
     store = Store(db_path)
-    result_q.put(("ready", idx, None, None, 0.0))
+    conn.send(("ready", idx, None, None, 0.0))
     while True:
-        task = task_q.get()
+        try:
+            task = conn.recv()
+        except EOFError:  # the executor is gone
+            break
         if task is None:
             break
         rid, spec_json, path, run_dir = task
         status, run_s = execute_run(
             store, rid, spec_json, path, run_dir, token, owner_pid,
-            on_start=lambda rid=rid: result_q.put(("start", idx, rid, None, 0.0)))
-        result_q.put(("end", idx, rid, status, run_s))
+            on_start=lambda rid=rid: conn.send(("start", idx, rid, None, 0.0)))
+        conn.send(("end", idx, rid, status, run_s))
     store.close()
 
 
@@ -346,26 +349,29 @@ def _run_inline(store: Store, todo: list[tuple[str, RunSpec]], out: Path, token:
 
 
 class _Pool:
-    """``size`` spawned workers, each fed one run at a time through its own queue."""
+    """``size`` spawned workers, each fed one run at a time over its own pipe.
+
+    One pipe per worker (not a shared queue): a worker that dies while writing can never leave
+    a shared lock held and stall the others."""
 
     def __init__(self, size: int, db_path: Path, token: str, threads: int) -> None:
         self.ctx = mp.get_context("spawn")
         self.size, self.db_path, self.token, self.threads = size, db_path, token, threads
-        self.result_q = self.ctx.Queue()
         self.procs: list[Any] = [None] * size
-        self.task_qs: list[Any] = [None] * size
+        self.conns: list[Any] = [None] * size
         self.wall_s = 0.0
         self.ready: set[int] = set()
         for i in range(size):
             self._spawn(i)
 
     def _spawn(self, i: int) -> None:
-        self.task_qs[i] = self.ctx.Queue()
+        mine, theirs = self.ctx.Pipe(duplex=True)
         p = self.ctx.Process(target=_worker_main, name=f"muonft-sweep-{i}", daemon=True,
-                             args=(i, self.task_qs[i], self.result_q, str(self.db_path),
-                                   self.token, os.getpid(), self.threads))
+                             args=(i, theirs, str(self.db_path), self.token, os.getpid(),
+                                   self.threads))
         p.start()
-        self.procs[i] = p
+        theirs.close()
+        self.procs[i], self.conns[i] = p, mine
 
     def run(self, todo: list[tuple[str, RunSpec]], out: Path, store: Store, display: _Display,
             summary: SweepSummary) -> None:
@@ -378,65 +384,74 @@ class _Pool:
             while idle and pending:
                 i = idle.pop()
                 rid, spec = pending.pop()
-                self.task_qs[i].put((rid, spec.model_dump_json(), runner_path(spec.kind),
-                                     str(out / "runs" / rid)))
+                self.conns[i].send((rid, spec.model_dump_json(), runner_path(spec.kind),
+                                    str(out / "runs" / rid)))
                 assigned[i] = (rid, time.perf_counter())
-            try:
-                kind, i, rid, status, run_s = self.result_q.get(timeout=0.5)
-            except queue.Empty:
-                self._reap(assigned, idle, pending, specs, store, display, summary)
-                continue
-            if kind == "ready":  # start-up done (import, store open): idle time, not overhead
-                self.ready.add(i)
-                if i not in assigned and i not in idle:
+            ready = mp_connection.wait(self.conns, timeout=1.0)
+            dead: list[int] = []
+            for conn in ready:
+                i = self.conns.index(conn)
+                try:
+                    kind, _, rid, status, run_s = conn.recv()
+                except (EOFError, OSError):
+                    dead.append(i)
+                    continue
+                if kind == "ready":  # start-up done (import, store open): idle, not overhead
+                    self.ready.add(i)
+                    if i not in assigned and i not in idle:
+                        idle.append(i)
+                elif kind == "start":
+                    display.start(rid, spec_label(specs[rid]))
+                elif kind == "end":
+                    _, t_sent = assigned.pop(i)
+                    summary.busy_s += time.perf_counter() - t_sent
+                    summary.runner_s += run_s
+                    summary.ran += status not in ("skipped", "lost")
+                    display.end(rid)
                     idle.append(i)
-            elif kind == "start":
-                display.start(rid, spec_label(specs[rid]))
-            elif kind == "end":
-                _, t_sent = assigned.pop(i)
-                summary.busy_s += time.perf_counter() - t_sent
-                summary.runner_s += run_s
-                summary.ran += status not in ("skipped", "lost")
-                display.end(rid)
-                idle.append(i)
+            dead += [i for i, p in enumerate(self.procs) if not p.is_alive() and i not in dead]
+            for i in dead:
+                self._replace(i, assigned, idle, pending, specs, store, display, summary)
         self.wall_s += time.perf_counter() - t0
 
-    def _reap(self, assigned: dict[int, tuple[str, float]], idle: list[int],
-              pending: list[tuple[str, RunSpec]], specs: dict[str, RunSpec], store: Store,
-              display: _Display, summary: SweepSummary) -> None:
-        """Replace dead workers; the run a dead worker held is recorded failed."""
-        for i, p in enumerate(self.procs):
-            if p.is_alive():
-                continue
-            code = p.exitcode
-            if i in assigned:
-                rid, t_sent = assigned.pop(i)
-                summary.busy_s += time.perf_counter() - t_sent
-                row = store.rows("SELECT status, claim_token FROM runs WHERE id=?", [rid])[0]
-                if row["status"] == "running" and row["claim_token"] == self.token:
-                    store.mark_failed(rid, f"worker process died (exit code {code})",
-                                      token=self.token)
-                    summary.ran += 1
-                    display.end(rid)
-                elif row["status"] == "queued":
-                    pending.append((rid, specs[rid]))
-                else:
-                    display.end(rid)
-            if i in idle:
-                idle.remove(i)
-            self.ready.discard(i)
-            self._spawn(i)
+    def _replace(self, i: int, assigned: dict[int, tuple[str, float]], idle: list[int],
+                 pending: list[tuple[str, RunSpec]], specs: dict[str, RunSpec], store: Store,
+                 display: _Display, summary: SweepSummary) -> None:
+        """Replace dead worker ``i``; the run it held is recorded failed."""
+        p = self.procs[i]
+        p.join(5)
+        code = p.exitcode
+        if i in assigned:
+            rid, t_sent = assigned.pop(i)
+            summary.busy_s += time.perf_counter() - t_sent
+            row = store.rows("SELECT status, claim_token FROM runs WHERE id=?", [rid])[0]
+            if row["status"] == "running" and row["claim_token"] == self.token:
+                store.mark_failed(rid, f"worker process died (exit code {code})",
+                                  token=self.token)
+                summary.ran += 1
+                display.end(rid)
+            elif row["status"] == "queued":
+                pending.append((rid, specs[rid]))
+            else:
+                display.end(rid)
+        if i in idle:
+            idle.remove(i)
+        self.ready.discard(i)
+        self.conns[i].close()
+        self._spawn(i)
 
     def close(self) -> None:
-        for q in self.task_qs:
+        for c in self.conns:
             with contextlib.suppress(Exception):
-                q.put(None)
+                c.send(None)
         deadline = time.monotonic() + 5
         for p in self.procs:
             p.join(timeout=max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
                 p.join()
+        for c in self.conns:
+            c.close()
 
 
 def summary_json(s: SweepSummary) -> str:

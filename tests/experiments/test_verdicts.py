@@ -1,0 +1,112 @@
+"""Best-LR aggregation and claim verdicts on synthetic stored results whose truth is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from muonft.experiments.aggregate import best_lr_table, runs_frame, t_ci_halfwidth
+from muonft.experiments.spec import parse_sweep_spec
+from muonft.experiments.sweep import run_sweep
+from muonft.experiments.verdicts import (
+    INCONCLUSIVE,
+    NO_DATA,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    claims_table,
+    contrast_ci,
+    verdict_of,
+)
+from muonft.store import Store
+
+
+def _study(tmp_path, task, ranks=(8,), variants=("lora",), seeds=(0, 1, 2)):
+    s = parse_sweep_spec({
+        "name": "study", "base": {"kind": "synthetic", "task": task},
+        "grid": {"init": ["gpt-tiny-adamw", "gpt-tiny-muon"], "optimizer": ["adamw", "muon"],
+                 "method": ["full", "lora"], "lora.rank": list(ranks),
+                 "lora.variant": list(variants),
+                 "lr": {"adamw/full": [1e-3, 3.16e-3, 1e-2], "muon/full": [3.16e-3, 1e-2, 3.16e-2],
+                        "adamw/lora": [3.16e-3, 1e-2, 3.16e-2],
+                        "muon/lora": [1e-2, 3.16e-2, 1e-1]}},
+        "seeds": list(seeds), "adaptive": {"enabled": False}})
+    run_sweep(s, tmp_path, workers=0, progress=False, quiet=True)
+    st = Store(tmp_path)
+    return runs_frame(st), st.diagnostics()
+
+
+def _verdicts(frame, diag):
+    t = claims_table(frame, diag)
+    return dict(zip(t.claim, t.verdict)), t
+
+
+def test_contrast_ci_equals_welch_for_two_groups():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.3, 5), rng.normal(0.6, 0.1, 4)
+    est, half, _ = contrast_ci([(a, 1.0), (b, -1.0)])
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert est - half == pytest.approx(ci.low) and est + half == pytest.approx(ci.high)
+    assert t_ci_halfwidth(a) == pytest.approx(
+        stats.t.ppf(0.975, 4) * a.std(ddof=1) / math.sqrt(5))
+    assert math.isnan(contrast_ci([(a, 1.0), ([1.0], -1.0)])[1])
+
+
+def test_verdict_rule():
+    assert verdict_of(0.5, 0.1) == REPRODUCED
+    assert verdict_of(-0.5, 0.1) == NOT_REPRODUCED
+    assert verdict_of(0.05, 0.1) == INCONCLUSIVE
+    assert verdict_of(-0.5, 0.1, expected_sign=-1) == REPRODUCED
+    assert verdict_of(float("nan"), 0.1) == NO_DATA
+    assert verdict_of(0.5, float("nan")) == INCONCLUSIVE
+
+
+def test_true_mismatch_is_reproduced(tmp_path):
+    frame, diag = _study(tmp_path, "synthetic:gap=0.3,noise=0.01", ranks=(2, 64, 512),
+                         variants=("lora", "rslora"))
+    v, t = _verdicts(frame, diag)
+    assert v["2"] == REPRODUCED
+    assert t.set_index("claim").loc["2", "estimate"] == pytest.approx(0.3, abs=0.05)
+    assert v["3a"] == REPRODUCED and v["3b"] == REPRODUCED
+    assert v["4a"] == REPRODUCED  # rank 8 absent: the smallest rank (2) is used
+    assert v["4b"] == REPRODUCED
+    assert v["5 (rslora)"] == REPRODUCED  # the synthetic variant is slightly worse
+    assert v["6a"] == REPRODUCED and v["6b"] == REPRODUCED
+    # best LRs recovered: AdamW full optimum 10^-2.5, Muon full 10^-2
+    best = best_lr_table(frame)
+    full = best[(best.method == "full") & (best.pretrained == "adamw")].set_index("optimizer")
+    assert full.loc["adamw", "best_lr"] == pytest.approx(3.16e-3)
+    assert full.loc["muon", "best_lr"] == pytest.approx(1e-2)
+    assert set(full.edge) == {""}
+
+
+def test_reversed_mismatch_is_not_reproduced(tmp_path):
+    frame, diag = _study(tmp_path, "synthetic:gap=-0.3,noise=0.01,spectral_gap=-2")
+    v, _ = _verdicts(frame, diag)
+    assert v["2"] == NOT_REPRODUCED
+    assert v["6a"] == NOT_REPRODUCED
+    assert v["4b"] == NO_DATA and v["5"] == NO_DATA  # one rank, no variants
+
+
+def test_no_gap_within_noise_is_inconclusive(tmp_path):
+    frame, diag = _study(tmp_path, "synthetic:gap=0,noise=0.05,spectral_gap=0")
+    v, t = _verdicts(frame, diag)
+    assert v["2"] == INCONCLUSIVE
+    row = t.set_index("claim").loc["2"]
+    assert abs(row.estimate) < row.resolvable  # the gap is inside the resolvable band
+    assert v["6a"] == INCONCLUSIVE
+
+
+def test_diverged_counts_as_worst_and_failed_is_left_out(tmp_path):
+    # diverge at lr >= 0.01 and crash at 3.16e-3: AdamW's true optimum (3.16e-3) fails, so
+    # its best must be 1e-3; every Muon LR fails or diverges: flagged, smallest diverged LR.
+    frame, _ = _study(tmp_path, "synthetic:diverge_lr=0.01,crash_lr=0.00316")
+    best = best_lr_table(frame)
+    full = best[(best.method == "full") & (best.pretrained == "adamw")].set_index("optimizer")
+    assert full.loc["adamw", "best_lr"] == pytest.approx(1e-3)
+    assert full.loc["adamw", "edge"] == "low"
+    assert full.loc["adamw", "n_failed"] == 3 and full.loc["adamw", "n_diverged"] == 3
+    assert full.loc["muon", "all_diverged"] and full.loc["muon", "n"] == 0
+    assert full.loc["muon", "best_lr"] == pytest.approx(1e-2)
