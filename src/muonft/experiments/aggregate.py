@@ -69,6 +69,15 @@ def runs_frame(store: Store, sweep: str | None = None) -> pd.DataFrame:
     if frame.empty:
         return frame
     m = store.metrics(sweep)
+    # Drift is a per-group diagnostic in the engine's record; its ``overall`` value stands in
+    # for the scalar metric when a runner does not report one.
+    d = store.diagnostics(sweep)
+    d = d[(d.kind == "weight") & (d.group == "overall") &
+          d.metric.isin(["l2_drift", "cosine_to_init"])]
+    if not d.empty:
+        have = set(zip(m.run_id, m.name)) if not m.empty else set()
+        d = d[[(r, n) not in have for r, n in zip(d.run_id, d.metric)]]
+        m = pd.concat([m, d.rename(columns={"metric": "name"})[["run_id", "name", "value"]]])
     if not m.empty:
         wide = m.pivot_table(index="run_id", columns="name", values="value", aggfunc="first")
         frame = frame.merge(wide, left_on="run_id", right_index=True, how="left")
