@@ -18,6 +18,12 @@ import statistics
 import time
 from collections.abc import Callable
 
+# Idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs, spinning
+# threads waiting at a barrier for a descheduled sibling made 2-thread GEMMs ~3x slower than
+# 1 thread (measured); it hits every optimizer alike, but buries the comparison in noise.
+# Must be set before torch loads its OpenMP runtime; an explicit setting is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 from muonft.optim import Muon
@@ -153,7 +159,8 @@ def main() -> None:
     def adamw(ps):
         return torch.optim.AdamW(ps, lr=1e-3, foreach=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d={args.d}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), d={args.d}, "
           f"{layers} layers, {args.spectrum} gradients, median of {repeats} steps after {warmup} "
           f"warm-up; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for title, shapes, candidates in [
