@@ -7,6 +7,11 @@ measured in the same run, and optimizer-state bytes.
     python benchmarks/optimizer_step.py            # 8-layer d=512 matrix set, LoRA r=8 factors
     python benchmarks/optimizer_step.py --quick    # 2 layers, fewer repeats (under a minute)
     python benchmarks/optimizer_step.py --spectrum powerlaw   # heavy-tailed gradient spectra
+
+On a CPU shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that
+spin at a barrier while a sibling is descheduled made 2-thread NS5 ~3x slower than 1 thread
+(measured). Passive waiting costs small, overhead-bound steps (LoRA factors, torch's per-matrix
+loop) a wake-up per parallel region, so quote (b) from a run with the default policy.
 """
 
 from __future__ import annotations
@@ -17,12 +22,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-
-# Idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs, spinning
-# threads waiting at a barrier for a descheduled sibling made 2-thread GEMMs ~3x slower than
-# 1 thread (measured); it hits every optimizer alike, but buries the comparison in noise.
-# Must be set before torch loads its OpenMP runtime; an explicit setting is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -160,7 +159,7 @@ def main() -> None:
         return torch.optim.AdamW(ps, lr=1e-3, foreach=True)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
-          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), d={args.d}, "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}), d={args.d}, "
           f"{layers} layers, {args.spectrum} gradients, median of {repeats} steps after {warmup} "
           f"warm-up; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for title, shapes, candidates in [
