@@ -6,6 +6,7 @@ truncated file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -44,3 +45,12 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     fmt = Path(path).suffix.lstrip(".") or "png"
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=kwargs.pop("dpi", 110),
                                                     **kwargs), mode="wb")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from muonft.atomic import atomic_write, atomic_write_text
+from muonft.atomic import atomic_write, atomic_write_text, sha256_file
 from muonft.errors import ChecksumError, DataMissingError, MuonftError
 
 
@@ -140,15 +140,6 @@ def _source(name: str) -> Source:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".zip", ".whl")

@@ -15,7 +15,6 @@ not match its recorded sha256 is refused with :class:`~muonft.errors.CheckpointE
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,18 +26,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from muonft.atomic import atomic_write, atomic_write_json
+from muonft.atomic import atomic_write, atomic_write_json, sha256_file
 from muonft.errors import CheckpointError
 
 LATEST = "latest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_weights(model_state: dict[str, torch.Tensor], path: Path) -> None:
@@ -111,7 +102,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict[str, torch.Tens
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(tmp / "state.pt", lambda f: f.write(buf.getvalue()), mode="wb")
-        hashes = {n: _sha256(tmp / n) for n in ("model.safetensors", "state.pt")}
+        hashes = {n: sha256_file(tmp / n) for n in ("model.safetensors", "state.pt")}
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +139,7 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[int, dict[str, torch.Tensor], dict[
         if not f.exists():
             raise CheckpointError(f"checkpoint file {f} is missing; delete {ckpt_dir} to start "
                                   f"over")
-        if _sha256(f) != want:
+        if sha256_file(f) != want:
             raise CheckpointError(f"checkpoint file {f} is corrupt (sha256 mismatch); delete "
                                   f"{ckpt_dir} to start over")
     weights = load_weights(d / "model.safetensors")
