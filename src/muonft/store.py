@@ -126,12 +126,31 @@ class Store:
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal(timeout_s)
         # NORMAL under WAL survives any process crash (SIGKILL); only power loss may drop the
         # last commits, which a sweep re-runs.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+
+    def _enable_wal(self, timeout_s: float) -> None:
+        """Switch to WAL, retrying while another process holds the lock.
+
+        Changing the journal mode of a database that another process is creating at the same
+        moment can fail with "database is locked" without consulting the busy handler, so the
+        busy timeout alone does not cover two workers opening a fresh store together.
+        """
+        deadline = time.monotonic() + timeout_s
+        delay = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(0.5, delay * 2)
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
