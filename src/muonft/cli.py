@@ -269,6 +269,34 @@ def runs(
     print(df[cols].to_string(index=False) if len(df) else "no runs")
 
 
+# --- experiments.reproduce -------------------------------------------------------------------
+@app.command()
+def reproduce(
+    preset: str = typer.Option("quick", help="quick (demo, ≤ 10 min on 2 cores), cpu "
+                               "(thorough, ~2 h), gpu (one GPU)."),
+    out: Path = typer.Option(None, help="Project dir (default: reproduce-<preset>)."),
+    workers: int = typer.Option(None, help="Worker processes for the sweeps (default: one per "
+                                "core)."),
+    skip_toy: bool = typer.Option(False, "--skip-toy", help="Leave out the toy experiment."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only stage lines, no progress bars."),
+) -> None:
+    """The whole study in one command: data, pretraining, sweeps, toy, report."""
+    import time
+
+    from muonft.experiments.reproduce import get_preset
+    from muonft.experiments.reproduce import reproduce as run_reproduce
+
+    get_preset(preset)
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    t0 = time.perf_counter()
+    res = run_reproduce(preset, out, workers=workers, progress=not quiet, skip_toy=skip_toy,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in res.stages.items())
+    print(f"done in {time.perf_counter() - t0:.0f} s ({stages}); report:", file=sys.stderr)
+    print(res.report)
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 

@@ -12,7 +12,9 @@ synthetic frames.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,14 +29,28 @@ LABEL_FIELDS = ("init", "task", "optimizer", "method", "lora.rank", "lora.varian
 
 
 def pretrained_with(init: str) -> str:
-    """The pretraining optimizer of an ``init`` as far as its name tells (``muon`` / ``adamw``),
-    else the init itself."""
+    """The pretraining optimizer of an ``init``: ``spec.optimizer`` of its ``run.json`` when it
+    is a ``muonft pretrain`` output (a path, or a checkpoint name in the cache), else what its
+    name tells (``…muon…`` → ``muon``, ``…adam…`` → ``adamw``), else the init itself."""
+    for d in (Path(str(init)).expanduser(), _cache_checkpoints() / str(init)):
+        try:
+            opt = json.loads((d / "run.json").read_text())["spec"]["optimizer"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if opt in ("adamw", "muon"):
+            return opt
     low = str(init).lower()
     if "muon" in low:
         return "muon"
     if "adam" in low:
         return "adamw"
     return str(init)
+
+
+def _cache_checkpoints() -> Path:
+    from muonft.data import cache_dir
+
+    return cache_dir() / "checkpoints"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -40,6 +40,9 @@ class _Doc:
     def table(self, df: pd.DataFrame) -> None:
         self.blocks.append(("table", df))
 
+    def pre(self, text: str) -> None:
+        self.blocks.append(("pre", text))
+
     def img(self, path: Path, caption: str) -> None:
         self.blocks.append(("img", (path, caption)))
 
@@ -52,6 +55,8 @@ class _Doc:
                 out.append(f"{x}\n")
             elif kind == "table":
                 out.append(_md_table(x) + "\n")
+            elif kind == "pre":
+                out.append(f"```\n{x}\n```\n")
             else:
                 out.append(f"![{x[1]}]({x[0].name})\n\n*{x[1]}*\n")
         return "\n".join(out)
@@ -68,6 +73,8 @@ class _Doc:
                 out.append(f"<p>{html.escape(x)}</p>")
             elif kind == "table":
                 out.append(x.to_html(index=False, na_rep="–", escape=True))
+            elif kind == "pre":
+                out.append(f"<pre>{html.escape(x)}</pre>")
             else:
                 data = base64.b64encode(x[0].read_bytes()).decode()
                 out.append(f"<figure><img src='data:image/png;base64,{data}' "
@@ -304,6 +311,7 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}. Every number and figure below is computed "
           f"from the store.")
     doc.p("Runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    toy_section(doc, where / "toy" / "toy.json", out)
     if frame.empty:
         doc.p("The store holds no runs yet: run `muonft sweep SPEC.yaml --out DIR` first.")
         return _write(doc, out)
@@ -373,6 +381,40 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
                                         for _, r in bad.iterrows()],
                                 "error": bad.error.fillna("").map(lambda e: e[:160])}))
     return _write(doc, out)
+
+
+def toy_section(doc: _Doc, toy_json: Path, out: Path) -> None:
+    """Claim 1 from the toy experiment's ``toy.json`` (when the project has one): computed
+    verdicts, the per-optimizer table and its figures (copied next to the report)."""
+    import json
+    import shutil
+
+    from muonft.experiments.toy_bias import summary_lines
+    from muonft.experiments.verdicts import toy_claims
+
+    if not toy_json.exists():
+        return
+    try:
+        tdoc = json.loads(toy_json.read_text())
+        claims = toy_claims(tdoc)
+        lines = summary_lines(tdoc)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        doc.h("Claim 1: implicit bias (toy experiment)")
+        doc.p(f"{toy_json} could not be read ({type(e).__name__}: {e}); rerun `muonft toy`.")
+        return
+    doc.h("Claim 1: implicit bias (toy experiment)")
+    doc.p("Under-determined linear regression with a matrix parameter (see `muonft toy`): "
+          "which interpolant does each optimizer reach? Gaps are relative excesses over the "
+          "smallest norm any interpolant reaches.")
+    doc.table(claims[["claim", "statement", "measured", "estimate", "ci_low", "ci_high",
+                      "resolvable", "verdict", "method"]])
+    doc.pre("\n".join(lines))
+    for png in sorted(toy_json.parent.glob("toy_*.png")):
+        dst = out / png.name
+        tmp = dst.with_suffix(".png.tmp")
+        shutil.copyfile(png, tmp)
+        tmp.replace(dst)
+        doc.img(dst, f"toy experiment: {png.stem.removeprefix('toy_')}")
 
 
 def _write(doc: _Doc, out: Path) -> Path:

@@ -1,0 +1,366 @@
+"""``muonft reproduce``: the whole study in one command, sized by a preset.
+
+Stages (each resumable: rerunning the same command skips what is finished):
+
+1. **data** — fetch the pretraining (KJV) and fine-tuning (Rotten Tomatoes) corpora into the
+   cache (sha256-verified), build the tokenizer and token streams;
+2. **pretrain** — the AdamW- and the Muon-pretrained tiny GPTs, in parallel processes, stored
+   in the cache as ``gpt-<model>-<optimizer>-s<seed>`` (plus ``-<steps>steps`` when the budget
+   differs from ``muonft pretrain``'s default) and reused by later calls;
+3. **sweeps** into one results store ``DIR/results.sqlite``:
+   ``<preset>-mismatch`` ({AdamW, Muon}-pretrained × {AdamW, Muon} × {full, LoRA r=8} × LR ×
+   seeds, adaptive LR grids), ``<preset>-rank`` (LoRA rank study), ``<preset>-variants``
+   (rsLoRA, PiSSA, LoRA-One under Muon); their YAML specs are written to ``DIR/specs/`` so
+   ``muonft sweep`` can rerun or extend any of them;
+4. **toy** — the implicit-bias experiment (claim 1) over a few seeds, into ``DIR/toy/``;
+5. **report** — ``DIR/report/report.md`` + ``report.html``, every number computed from the
+   store and ``toy.json``.
+
+Presets: ``quick`` (the demo: every panel and claim present, ≤ 10 minutes on 2 CPU cores from
+an empty cache, verdicts mostly inconclusive at that size), ``cpu`` (thorough, 3 seeds, about
+2 hours on 2 cores), ``gpu`` (a larger GPT and budget for one GPU). Add one with
+:func:`register_preset`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from muonft.errors import ConfigError
+
+DEFAULT_PRETRAIN_STEPS = 600  # muonft pretrain's default; other budgets get a name suffix
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything ``reproduce`` needs to size the study.
+
+    ``finetune`` holds RunSpec fields shared by every fine-tuning run (task, steps, batch and
+    block size, eval sizes); ``lrs`` maps ``optimizer/method`` to the starting LR grid (the
+    adaptive grid extends a cell whose best LR is at an edge, at most ``max_extensions`` times
+    per direction).
+    """
+
+    name: str
+    description: str
+    model: str = "tiny"
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS
+    pretrain_batch_size: int = 16
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    lrs: dict[str, list[float]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    ranks: tuple[int, ...] = (2, 32)
+    rank_pretrained: tuple[str, ...] = ("adamw",)
+    variants: tuple[str, ...] = ("rslora", "pissa", "lora_one")
+    variant_optimizers: tuple[str, ...] = ("muon",)
+    max_extensions: int = 1
+    toy_seeds: int = 3
+    toy_size: tuple[int, int, int] = (20, 40, 10)
+    toy_step_fraction: float = 1e-4
+    budget: str = ""
+
+    def pretrain_spec(self, optimizer: str) -> dict[str, Any]:
+        """The complete ``muonft pretrain`` spec of this preset's model for ``optimizer``."""
+        from muonft.train.pretrain import default_spec
+
+        return default_spec(**{"model": self.model, "optimizer": optimizer,
+                               "steps": self.pretrain_steps,
+                               "batch_size": self.pretrain_batch_size, **self.pretrain})
+
+    def checkpoint_name(self, optimizer: str) -> str:
+        """Cache name of this preset's pretrained model: ``gpt-<model>-<optimizer>-s<seed>``
+        as ``muonft pretrain`` names it, plus ``-<steps>steps`` for another budget and a short
+        hash when other pretraining settings differ from the defaults."""
+        import hashlib
+        import json
+
+        from muonft.train.pretrain import default_spec
+
+        spec = self.pretrain_spec(optimizer)
+        name = f"gpt-{spec['model']}-{optimizer}-s{spec['seed']}"
+        if spec["steps"] != DEFAULT_PRETRAIN_STEPS:
+            name += f"-{spec['steps']}steps"
+        ref = default_spec(model=spec["model"], optimizer=optimizer, steps=spec["steps"],
+                           seed=spec["seed"])
+        if spec != ref:
+            blob = json.dumps(spec, sort_keys=True).encode()
+            name += f"-{hashlib.sha256(blob).hexdigest()[:6]}"
+        return name
+
+    def corpora(self) -> list[str]:
+        """Named corpora (not ``file:``) this preset reads: pretraining, tokenizer, task."""
+        spec = self.pretrain_spec("adamw")
+        task = str(self.finetune.get("task", "lm:rt"))
+        names = [spec["corpus"], spec["tokenizer_corpus"], task.removeprefix("lm:")]
+        return list(dict.fromkeys(n for n in names if not n.startswith("file:")))
+
+
+_QUICK_FT = {"task": "lm:rt", "steps": 40, "batch_size": 16, "block_size": 64, "warmup": 4,
+             "eval_every": 40, "eval_batches": 3}
+_CPU_FT = {"task": "lm:rt", "steps": 150, "batch_size": 16, "block_size": 128, "warmup": 10,
+           "eval_every": 50, "eval_batches": 10}
+_GPU_FT = {"task": "lm:rt", "steps": 600, "batch_size": 32, "block_size": 256, "warmup": 30,
+           "eval_every": 100, "eval_batches": 40}
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> None:
+    """Make ``muonft reproduce --preset NAME`` available (replaces a preset of that name)."""
+    if not preset.name.replace("-", "").isalnum():
+        raise ValueError(f"preset name must be alphanumeric (dashes allowed), got "
+                         f"{preset.name!r}")
+    PRESETS[preset.name] = preset
+
+
+register_preset(Preset(
+    name="quick",
+    description="the demo: every stage, panel and claim at the smallest useful size",
+    pretrain_steps=200, finetune=_QUICK_FT,
+    # Centred on the optima of a 5-point probe at this size (40 steps from 250-step models).
+    lrs={"adamw/full": [3e-3, 1e-2, 3e-2], "muon/full": [3e-3, 1e-2, 3e-2],
+         "adamw/lora": [1e-2, 3e-2, 1e-1], "muon/lora": [1e-2, 3e-2, 1e-1]},
+    seeds=(0, 1), ranks=(2, 32), max_extensions=1, toy_seeds=2,
+    budget="≤ 10 minutes on 2 CPU cores from an empty cache"))
+register_preset(Preset(
+    name="cpu",
+    description="the thorough CPU study: 3 seeds, wider grids, longer runs",
+    pretrain_steps=DEFAULT_PRETRAIN_STEPS, finetune=_CPU_FT,
+    lrs={"adamw/full": [1e-3, 3e-3, 1e-2, 3e-2], "muon/full": [1e-3, 3e-3, 1e-2, 3e-2],
+         "adamw/lora": [3e-3, 1e-2, 3e-2, 1e-1], "muon/lora": [3e-3, 1e-2, 3e-2, 1e-1]},
+    seeds=(0, 1, 2), ranks=(1, 2, 32, 128), rank_pretrained=("adamw", "muon"),
+    variant_optimizers=("muon", "adamw"), max_extensions=2, toy_seeds=10,
+    budget="about 2 hours on 2 CPU cores"))
+register_preset(Preset(
+    name="gpu",
+    description="one GPU: the 'small' GPT (6 layers, d=384), longer pretraining and runs",
+    model="small", pretrain_steps=3000, pretrain_batch_size=64, finetune=_GPU_FT,
+    lrs={"adamw/full": [1e-4, 3e-4, 1e-3, 3e-3], "muon/full": [1e-4, 3e-4, 1e-3, 3e-3],
+         "adamw/lora": [3e-4, 1e-3, 3e-3, 1e-2], "muon/lora": [3e-4, 1e-3, 3e-3, 1e-2]},
+    seeds=(0, 1, 2), ranks=(1, 2, 4, 32, 128), rank_pretrained=("adamw", "muon"),
+    variant_optimizers=("muon", "adamw"), max_extensions=2, toy_seeds=10,
+    budget="a few hours on one GPU"))
+
+
+def get_preset(name: str) -> Preset:
+    """The registered preset ``name`` (ConfigError listing the known ones)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep specs of a preset
+
+def sweep_specs(preset: Preset) -> list[dict[str, Any]]:
+    """The preset's sweeps as plain mappings (what ``muonft sweep`` reads from YAML)."""
+    inits = {opt: preset.checkpoint_name(opt) for opt in ("adamw", "muon")}
+    base = {**preset.finetune, "lora": {"rank": preset.lora_rank, "alpha": preset.lora_alpha}}
+    adaptive = {"enabled": preset.max_extensions > 0,
+                "max_extensions": preset.max_extensions}
+    seeds = list(preset.seeds)
+    lora_lrs = {k: v for k, v in preset.lrs.items() if k.endswith("/lora")}
+    out = [{
+        "name": f"{preset.name}-mismatch", "base": base, "seeds": seeds, "adaptive": adaptive,
+        "grid": {"init": [inits["adamw"], inits["muon"]], "optimizer": ["adamw", "muon"],
+                 "method": ["full", "lora"], "lr": dict(preset.lrs)},
+    }]
+    if preset.ranks:
+        out.append({
+            "name": f"{preset.name}-rank", "base": {**base, "method": "lora"}, "seeds": seeds,
+            "adaptive": adaptive,
+            "grid": {"init": [inits[p] for p in preset.rank_pretrained],
+                     "optimizer": ["adamw", "muon"], "lora.rank": list(preset.ranks),
+                     "lr": lora_lrs},
+        })
+    if preset.variants:
+        out.append({
+            "name": f"{preset.name}-variants", "base": {**base, "method": "lora"},
+            "seeds": seeds, "adaptive": adaptive,
+            "grid": {"init": [inits["adamw"]], "optimizer": list(preset.variant_optimizers),
+                     "lora.variant": list(preset.variants), "lr": lora_lrs},
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+@dataclass
+class ReproduceResult:
+    """Where everything went, and how long each stage took (seconds)."""
+
+    out: Path
+    report: Path
+    stages: dict[str, float] = field(default_factory=dict)
+    sweeps: list[str] = field(default_factory=list)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+def _pretrain_job(spec: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
+    from muonft.train.pretrain import pretrain
+
+    rec = pretrain(spec, Path(out), threads=threads, progress=False, checkpoint_every=50)
+    return {"status": rec["status"], "val_loss": rec["metrics"].get("val_loss"),
+            "resumed": rec.get("resumed")}
+
+
+def pretrain_stage(preset: Preset, *, workers: int, log: Callable[[str], None]
+                   ) -> dict[str, Path]:
+    """Pretrain (or reuse from the cache) the AdamW and Muon models of ``preset``, in parallel
+    processes when ``workers`` > 1. Returns optimizer → checkpoint dir."""
+    import multiprocessing as mp
+
+    from muonft.data import cache_dir
+
+    jobs = {opt: (preset.pretrain_spec(opt),
+                  cache_dir() / "checkpoints" / preset.checkpoint_name(opt))
+            for opt in ("adamw", "muon")}
+    cores = os.cpu_count() or 1
+    n = max(1, min(workers, len(jobs)))
+    threads = max(1, cores // n)
+    t0 = time.perf_counter()
+    log(f"pretraining {', '.join(jobs)} ({preset.model}, {preset.pretrain_steps} steps) in "
+        f"{n} process(es) × {threads} thread(s); checkpoints in {cache_dir() / 'checkpoints'}")
+    if n == 1:
+        for opt, (spec, out) in jobs.items():
+            res = _pretrain_job(spec, str(out), threads)
+            log(_pretrain_line(opt, res, t0))
+    else:
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_pretrain_job, spec, str(out), threads): opt
+                    for opt, (spec, out) in jobs.items()}
+            for f in as_completed(futs):
+                log(_pretrain_line(futs[f], f.result(), t0))
+    return {opt: out for opt, (_, out) in jobs.items()}
+
+
+def _pretrain_line(opt: str, res: dict[str, Any], t0: float) -> str:
+    how = "reused" if res.get("resumed") == "already finished" else res["status"]
+    val = res.get("val_loss")
+    val_s = f"val loss {val:.3f}" if isinstance(val, float) else "no val loss"
+    return f"  {opt}-pretrained: {how}, {val_s} ({time.perf_counter() - t0:.0f} s)"
+
+
+def write_specs(preset: Preset, out: Path) -> list[Path]:
+    """Write the preset's sweep specs as YAML under ``out/specs/`` (for ``muonft sweep``)."""
+    import yaml
+
+    from muonft.atomic import atomic_write_text
+
+    paths = []
+    for s in sweep_specs(preset):
+        text = (f"# Written by `muonft reproduce --preset {preset.name}`; rerun or edit with\n"
+                f"# `muonft sweep {out / 'specs' / (s['name'] + '.yaml')} --out {out}`.\n"
+                + yaml.safe_dump(s, sort_keys=False))
+        paths.append(atomic_write_text(out / "specs" / f"{s['name']}.yaml", text))
+    return paths
+
+
+def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
+              workers: int | None = None, progress: bool = True,
+              log: Callable[[str], None] = print, skip_toy: bool = False) -> ReproduceResult:
+    """Run the whole study for ``preset`` into ``out`` (default ``reproduce-<preset>``) and
+    return where the report is. Every stage resumes: a second call reuses the cached data
+    and checkpoints, skips finished runs and rewrites the report."""
+    from muonft.data import corpus_path, fetch, get_tokenizer, load_lm_splits
+    from muonft.experiments.spec import parse_sweep_spec
+    from muonft.experiments.sweep import default_workers_threads, run_sweep
+    from muonft.report.study import write_report
+
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    out = Path(out) if out is not None else Path(f"reproduce-{p.name}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
+    w, t = default_workers_threads(workers, None)
+    res = ReproduceResult(out=out, report=out / "report" / "report.md")
+    specs = [parse_sweep_spec(s, f"preset {p.name}") for s in sweep_specs(p)]
+    write_specs(p, out)
+    log(f"muonft reproduce --preset {p.name}: {p.description} ({p.budget}); output in {out}")
+
+    t0 = time.perf_counter()
+    for name in p.corpora():
+        if not corpus_path(name).exists():
+            fetch(name, progress=lambda m: log(f"  {m}"))
+    pspec = p.pretrain_spec("adamw")
+    tok = get_tokenizer(pspec["vocab_size"], corpus=pspec["tokenizer_corpus"])
+    for corpus in (pspec["corpus"], str(p.finetune.get("task", "lm:rt")).removeprefix("lm:")):
+        load_lm_splits(corpus, tok)
+    res.stages["data"] = time.perf_counter() - t0
+    log(f"[1/5] data ready ({res.stages['data']:.0f} s)")
+
+    t0 = time.perf_counter()
+    res.checkpoints = pretrain_stage(p, workers=max(1, w), log=log)
+    res.stages["pretrain"] = time.perf_counter() - t0
+    log(f"[2/5] pretrained models ready ({res.stages['pretrain']:.0f} s)")
+
+    t0 = time.perf_counter()
+    for s in specs:
+        summary = run_sweep(s, out, workers=w, threads=t, progress=progress, quiet=not progress)
+        log(f"  {summary.line()}")
+        res.sweeps.append(s.name)
+    res.stages["sweeps"] = time.perf_counter() - t0
+    log(f"[3/5] sweeps done ({res.stages['sweeps']:.0f} s)")
+
+    t0 = time.perf_counter()
+    if not skip_toy and p.toy_seeds > 0:
+        run_toy_stage(p, out / "toy", log=log)
+    res.stages["toy"] = time.perf_counter() - t0
+    log(f"[4/5] toy implicit-bias experiment done ({res.stages['toy']:.0f} s)")
+
+    t0 = time.perf_counter()
+    res.report = write_report(out)
+    res.stages["report"] = time.perf_counter() - t0
+    log(f"[5/5] report written ({res.stages['report']:.0f} s)")
+    return res
+
+
+def run_toy_stage(preset: Preset, out: Path, *, log: Callable[[str], None] = print) -> Path:
+    """The toy implicit-bias experiment over ``preset.toy_seeds`` seeds → ``out/toy.json`` (+
+    figures of the first seed). Reuses a finished toy.json with the same seeds."""
+    import json
+
+    from muonft.atomic import atomic_write_json
+    from muonft.experiments.toy_bias import aggregate, run_toy
+    from muonft.report.toy import write_toy_outputs
+
+    path = out / "toy.json"
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text())
+            p = doc["problem"]
+            if len(doc.get("seeds", [doc])) == preset.toy_seeds and \
+                    (p["n"], p["d"], p["k"]) == tuple(preset.toy_size):
+                log(f"  toy: reusing {path}")
+                return path
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a torn or foreign file: compute it again
+    results = []
+    n, d, k = preset.toy_size
+    for s in range(preset.toy_seeds):
+        res, traces = run_toy(n, d, k, s, step_fraction=preset.toy_step_fraction)
+        if s == 0:
+            write_toy_outputs(res, traces, out)
+        results.append(res)
+        log(f"  toy: seed {s} done ({s + 1}/{preset.toy_seeds})")
+    doc = dict(results[0])
+    if len(results) > 1:
+        doc["seeds"] = results
+        doc["aggregate"] = aggregate(results)
+    return atomic_write_json(path, doc)
+
+
+def with_overrides(preset: Preset, **kw: Any) -> Preset:
+    """A copy of ``preset`` with fields replaced (used by tests to shrink a preset)."""
+    return replace(preset, **kw)

@@ -1,0 +1,119 @@
+"""`muonft reproduce`: presets expand to valid sweeps, and the whole pipeline runs end to end
+(on generated corpora in an isolated cache) into a report with every claim, resumably."""
+
+import json
+
+import numpy as np
+import pytest
+
+from muonft.cli import main
+from muonft.experiments.reproduce import (
+    PRESETS,
+    Preset,
+    get_preset,
+    reproduce,
+    sweep_specs,
+    with_overrides,
+)
+from muonft.experiments.spec import expand, parse_sweep_spec
+from muonft.store import Store
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_expands_to_valid_sweeps(name):
+    p = get_preset(name)
+    sweeps = [parse_sweep_spec(s, name) for s in sweep_specs(p)]
+    assert [s.name for s in sweeps] == [f"{name}-mismatch", f"{name}-rank", f"{name}-variants"]
+    main_runs = expand(sweeps[0])
+    cells = {(r.init, r.optimizer, r.method) for r in main_runs}
+    assert len(cells) == 8  # {AdamW, Muon}-pretrained × {AdamW, Muon} × {full, LoRA}
+    assert len(main_runs) == sum(len(v) for v in p.lrs.values()) * 2 * len(p.seeds)
+    for grid in p.lrs.values():  # ≥ 3 LRs: an interior optimum is possible
+        assert len(grid) >= 3 and grid == sorted(grid)
+    ranks = {r.lora.rank for r in expand(sweeps[1])}
+    assert ranks == set(p.ranks) and len(ranks) >= 2
+    assert {r.lora.variant for r in expand(sweeps[2])} == {"rslora", "pissa", "lora_one"}
+    assert len(p.seeds) >= 2  # every claim gets a CI over seeds
+
+
+def test_preset_sizes_and_checkpoint_names():
+    assert len(get_preset("cpu").seeds) >= 3
+    # the cpu preset reuses what `muonft pretrain` writes by default
+    assert get_preset("cpu").checkpoint_name("adamw") == "gpt-tiny-adamw-s0"
+    assert get_preset("quick").checkpoint_name("muon") == "gpt-tiny-muon-s0-200steps"
+    gpu = get_preset("gpu").checkpoint_name("adamw")
+    assert gpu.startswith("gpt-small-adamw-s0-3000steps-") and len(gpu.split("-")[-1]) == 6
+    assert get_preset("quick").corpora() == ["kjv", "rt"]
+
+
+def test_unknown_preset_is_one_line_exit_2(capsys):
+    assert main(["reproduce", "--preset", "huge"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown preset 'huge'" in err[0] and "quick" in err[0]
+
+
+@pytest.fixture
+def tiny_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUONFT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    a = ["in", "the", "beginning", "god", "created", "heaven", "and", "earth", "light"]
+    b = ["this", "film", "is", "a", "funny", "dull", "movie", "great", "plot", "bad"]
+    pre_c, tgt_c = tmp_path / "pre.txt", tmp_path / "tgt.txt"
+    pre_c.write_text("\n\n".join(" ".join(rng.choice(a, 60)) for _ in range(40)))
+    tgt_c.write_text("\n\n".join(" ".join(rng.choice(b + a[:3], 60)) for _ in range(40)))
+    pre = f"file:{pre_c}"
+    return Preset(
+        name="tiny-test", description="test", pretrain_steps=3,
+        pretrain={"batch_size": 2, "block_size": 32, "corpus": pre, "tokenizer_corpus": pre,
+                  "vocab_size": 300, "eval_every": 0, "eval_batches": 2, "warmup": 1},
+        finetune={"task": f"lm:file:{tgt_c}", "steps": 2, "batch_size": 2, "block_size": 32,
+                  "warmup": 1, "eval_every": 2, "eval_batches": 1},
+        lrs={"adamw/full": [1e-3, 1e-2], "muon/full": [1e-3, 1e-2],
+             "adamw/lora": [1e-3, 1e-2], "muon/lora": [1e-3, 1e-2]},
+        seeds=(0,), ranks=(2,), variants=("rslora",), max_extensions=0, toy_seeds=2,
+        toy_size=(4, 8, 3), toy_step_fraction=1e-3)
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_and_resume(tiny_preset, tmp_path):
+    out = tmp_path / "proj"
+    logs: list[str] = []
+    res = reproduce(tiny_preset, out, workers=0, progress=False, log=logs.append)
+    assert res.report == out / "report" / "report.md" and res.report.exists()
+    assert set(res.stages) == {"data", "pretrain", "sweeps", "toy", "report"}
+    assert res.sweeps == ["tiny-test-mismatch", "tiny-test-rank", "tiny-test-variants"]
+    for opt in ("adamw", "muon"):
+        run = json.loads((res.checkpoints[opt] / "run.json").read_text())
+        assert run["status"] == "done" and run["spec"]["optimizer"] == opt
+    with Store(out, create=False) as st:
+        counts = st.status_counts()
+        n_runs = sum(counts.values())
+        # 8 cells × 2 LRs + rank 2 (2 optimizers × 2 LRs) + rslora (Muon, 2 LRs); rank-8 LoRA
+        # runs of the rank sweep are the mismatch sweep's own runs (same ids)
+        assert n_runs == 16 + 4 + 2 and counts.get("done") == n_runs
+        assert set(st.sweeps()) == set(res.sweeps)
+    text = res.report.read_text()
+    for claim in ("| 1a |", "| 1b |", "| 1c |", "| 2 |", "| 3a |", "| 3b |", "| 4a |",
+                  "| 4b |", "| 5 (rslora) |", "| 6a |", "| 6b |"):
+        assert claim in text, claim
+    assert "Claim 1: implicit bias" in text
+    assert (out / "report" / "toy_norms.png").stat().st_size > 1000
+    assert "<pre>" in (out / "report" / "report.html").read_text()
+    for spec in out.glob("specs/*.yaml"):  # the written specs are valid `muonft sweep` input
+        from muonft.experiments.spec import load_sweep_spec
+
+        assert load_sweep_spec(spec).name in res.sweeps
+    # rerun: data and checkpoints reused, no run repeated, toy reused, report rewritten
+    logs.clear()
+    res2 = reproduce(tiny_preset, out, workers=0, progress=False, log=logs.append)
+    assert sum("reused" in m for m in logs) == 2 and any("toy: reusing" in m for m in logs)
+    assert any("0 run now" in m for m in logs)
+    with Store(out, create=False) as st:
+        assert sum(st.status_counts().values()) == n_runs
+    assert res2.report.exists()
+
+
+def test_with_overrides_keeps_the_rest():
+    q = get_preset("quick")
+    small = with_overrides(q, seeds=(0,))
+    assert small.seeds == (0,) and small.lrs == q.lrs and q.seeds != (0,)
