@@ -19,7 +19,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/python benchmarks/optimizer_step.py --quick
+	$(BIN)/muonft reproduce --preset quick
 
 test: venv
 	$(BIN)/python -m pytest

@@ -127,6 +127,27 @@ class RunState:
     tokens: int = 0
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` / ``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move a batch (tensor, or a tuple/list/dict of them) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True) if batch.device != device else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
 def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """``model(x, y)`` returning ``(logits, loss)`` (our GPT) or an object with ``.loss`` (HF)."""
     x, y = batch
@@ -251,6 +272,7 @@ def train(
     rs = rs or RunState()
     loaded_step = rs.step if ckpt_dir is not None and rs.step else None
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
     status, steps_run = "done", 0
     t_start = time.perf_counter()
     model.train()
@@ -262,7 +284,7 @@ def train(
             mult = lr_multiplier(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * mult
-            batch = get_batch(step)
+            batch = to_device(get_batch(step), device)  # batches are made on the CPU
             t0 = time.perf_counter()
             loss = loss_fn(model, batch)
             lv = float(loss.detach())

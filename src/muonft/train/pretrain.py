@@ -24,7 +24,7 @@ import torch
 from muonft.atomic import atomic_write_json
 from muonft.errors import CheckpointError, ConfigError
 from muonft.train.checkpoint import save_weights
-from muonft.train.loop import TrainConfig, train
+from muonft.train.loop import TrainConfig, resolve_device, train
 
 OPTIMIZERS = ("adamw", "muon")
 # Per-optimizer defaults, chosen by the LR sweep recorded in the README.
@@ -134,8 +134,9 @@ def lm_eval_fn(tokens, block_size: int, batch_size: int, max_batches: int):
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         total, n = 0.0, 0
+        dev = next(model.parameters()).device
         for x, y in eval_batches(tokens, block_size, batch_size, max_batches):
-            _, loss = model(x, y)
+            _, loss = model(x.to(dev), y.to(dev))
             total += float(loss) * y.numel()
             n += y.numel()
         return {"val_loss": total / max(1, n)}
@@ -168,7 +169,8 @@ def _check_writable(out: Path) -> None:
 
 
 def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | None = None,
-             progress: bool = True, checkpoint_every: int = 100) -> dict[str, Any]:
+             progress: bool = True, checkpoint_every: int = 100,
+             device: str | None = None) -> dict[str, Any]:
     """Run (or resume, or return the finished) pretraining described by ``spec``.
 
     ``spec`` holds any subset of :func:`default_spec`'s keys; ``out`` defaults to
@@ -176,7 +178,9 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     :func:`muonft.models.build_model` rebuilds the model from, plus the tokenizer) and
     ``out/run.json`` = ``{"spec", "status", "metrics", "curves", "timings", "versions"}``
     with ``metrics.val_loss`` the final validation loss on the pretraining corpus and
-    ``hidden_rms`` / ``hidden_mean_spectral_norm`` of the block matrices.
+    ``hidden_rms`` / ``hidden_mean_spectral_norm`` of the block matrices. ``device``: ``auto``
+    (default: CUDA when available) or a torch device; it is not part of the spec, so a run
+    may be resumed on another device.
     """
     from muonft.data import LMBatcher, get_tokenizer, load_lm_splits
     from muonft.models import build_gpt, model_config
@@ -196,7 +200,7 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     tok = get_tokenizer(spec["vocab_size"], corpus=spec["tokenizer_corpus"])
     splits = load_lm_splits(spec["corpus"], tok)
     torch.manual_seed(spec["seed"])
-    model = build_gpt(spec["model"], vocab_size=tok.vocab_size)
+    model = build_gpt(spec["model"], vocab_size=tok.vocab_size).to(resolve_device(device))
     opt = build_optimizer(model, spec["optimizer"], spec["lr"], spec["weight_decay"])
     batcher = LMBatcher(splits.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     cfg = TrainConfig(steps=spec["steps"], schedule=spec["schedule"], warmup=spec["warmup"],
