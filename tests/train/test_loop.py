@@ -249,3 +249,17 @@ def test_exploding_loss_gives_diverged():
     opt = torch.optim.SGD(model.parameters(), lr=1e4)
     res = train(model, opt, b.get, _cfg(warmup=0, schedule="constant", grad_clip=None))
     assert res["status"] == "diverged"
+
+
+def test_device_helpers():
+    import torch
+
+    from muonft.train.loop import resolve_device, to_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    x = torch.ones(2)
+    b = to_device({"a": (x, [x]), "n": 3}, torch.device("cpu"))
+    assert b["a"][0] is x and isinstance(b["a"][1], list) and b["n"] == 3
