@@ -93,7 +93,7 @@ def test_reproduce_end_to_end_and_resume(tiny_preset, tmp_path):
         assert n_runs == 16 + 4 + 2 and counts.get("done") == n_runs
         assert set(st.sweeps()) == set(res.sweeps)
     text = res.report.read_text()
-    for claim in ("| 1a |", "| 1b |", "| 1c |", "| 2 |", "| 3a |", "| 3b |", "| 4a |",
+    for claim in ("| 1a |", "| 1b |", "| 1c |", "| 2 |", "| 2b |", "| 2c |", "| 3a |", "| 3b |", "| 4a |",
                   "| 4b |", "| 5 (rslora) |", "| 6a |", "| 6b |"):
         assert claim in text, claim
     assert "Claim 1: implicit bias" in text

@@ -110,3 +110,36 @@ def test_diverged_counts_as_worst_and_failed_is_left_out(tmp_path):
     assert full.loc["adamw", "n_failed"] == 3 and full.loc["adamw", "n_diverged"] == 3
     assert full.loc["muon", "all_diverged"] and full.loc["muon", "n"] == 0
     assert full.loc["muon", "best_lr"] == pytest.approx(1e-2)
+
+
+def _window_frame(mis_curve, mat_curve, seeds=(0, 1, 2)):
+    """Full-FT runs of the AdamW optimizer on a Muon- (mismatched) and an AdamW-pretrained
+    (matched) model; curves give the target per LR (zero-shot 10), plus seed noise."""
+    import pandas as pd
+
+    lrs = [1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]
+    rows, rng = [], np.random.default_rng(0)
+    for pre, curve in (("muon", mis_curve), ("adamw", mat_curve)):
+        for seed in seeds:
+            for lr, t in zip(lrs, curve):
+                rows.append({"method": "full", "optimizer": "adamw", "pretrained": pre,
+                             "seed": seed, "lr": lr, "status": "done", "higher_is_better": False,
+                             "target": t + rng.normal(0, 0.01), "zero_shot": 10.0})
+    return pd.DataFrame(rows)
+
+
+def test_lr_window_narrows_and_moves_left():
+    from muonft.experiments.verdicts import claim_lr_window
+
+    # mismatched: one good LR at 3.16e-3; matched: good from 1e-2 to 1e-1
+    w, c = claim_lr_window(_window_frame([8, 5, 8, 9, 9.5], [9, 8, 5, 5.1, 5.2]))
+    assert w.claim == "2b" and w.verdict == REPRODUCED
+    assert w.estimate == pytest.approx(-1, abs=0.01)
+    assert c.claim == "2c" and c.verdict == REPRODUCED
+    assert c.estimate == pytest.approx(-0.5, abs=0.01)
+    # the same curve on both models: no change (zero variance → CI of width 0 → inconclusive)
+    w, c = claim_lr_window(_window_frame([9, 8, 5, 5.1, 5.2], [9, 8, 5, 5.1, 5.2]))
+    assert w.estimate == 0 and w.verdict == INCONCLUSIVE and c.verdict == INCONCLUSIVE
+    # only one pretrained model: no data
+    f = _window_frame([8, 5, 8, 9, 9.5], [9, 8, 5, 5.1, 5.2])
+    assert claim_lr_window(f[f.pretrained == "adamw"])[0].verdict == NO_DATA

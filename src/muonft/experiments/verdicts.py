@@ -156,6 +156,74 @@ def claim_mismatch_full(best: pd.DataFrame) -> ClaimResult:
                    est, half, "Welch contrast over seeds at each cell's best LR")
 
 
+WINDOW_TOL = 0.1  # an LR is "good" when it keeps ≥ 90% of the best run's improvement
+
+
+def _seed_windows(g: pd.DataFrame, tol: float = WINDOW_TOL) -> tuple[list[float], list[float]]:
+    """Per seed of one cell: (width of the good-LR window in decades, log10 of the best LR).
+
+    A seed's LR curve is its runs over the cell's LRs; the best LR minimises badness (a
+    diverged run is worst); the window is every LR whose improvement over zero-shot is at least
+    (1 − ``tol``) of the best one's, and its width is log10(max) − log10(min) of those LRs."""
+    widths, centres = [], []
+    hib = bool(g["higher_is_better"].iloc[0])
+    for _, s in g.groupby("seed"):
+        s = s[s.status.isin(["done", "diverged"])]
+        if s.lr.nunique() < 2:
+            continue
+        bad = np.where(s.status == "done", s["target"].astype(float) * (-1 if hib else 1),
+                       np.inf)
+        zs = s["zero_shot"].astype(float) * (-1 if hib else 1) if "zero_shot" in s else None
+        i = int(np.argmin(bad))
+        if not np.isfinite(bad[i]):
+            continue
+        best_lr = float(s.lr.iloc[i])
+        if zs is not None and np.isfinite(zs.iloc[i]):
+            gain = zs.to_numpy() - bad
+            ok = gain >= (1 - tol) * gain[i]
+        else:
+            ok = bad <= bad[i] + tol * abs(bad[i])
+        lrs = s.lr.to_numpy(dtype=float)[ok & np.isfinite(bad)]
+        widths.append(float(np.log10(lrs.max()) - np.log10(lrs.min())))
+        centres.append(math.log10(best_lr))
+    return widths, centres
+
+
+def claim_lr_window(frame: pd.DataFrame) -> list[ClaimResult]:
+    """Claim 2, second half: under the mismatch the good-LR window narrows (2b) and moves to
+    smaller LRs (2c). For each fine-tuning optimizer the same optimizer's full-FT cells are
+    compared across pretrained models (mismatched − matched; its LR scale is the same in both):
+    window width in decades and log10 of the best LR, per seed, Welch contrast over seeds."""
+    st_w = "Mismatch narrows the good-LR window (full FT; width in decades, mismatched − matched)"
+    st_c = "Mismatch moves the best LR left (full FT; log10 best LR, mismatched − matched)"
+    need = "full-FT cells of one optimizer on both AdamW- and Muon-pretrained models, ≥2 LRs"
+    if frame is None or frame.empty or "target" not in frame:
+        return [_no_data("2b", st_w, need), _no_data("2c", st_c, need)]
+    full = frame[(frame.method == "full") & frame.pretrained.isin(["adamw", "muon"])]
+    wg, cg, parts = [], [], []
+    pairs = []
+    for opt, g in full.groupby("optimizer"):
+        by_pre = {pre: gg for pre, gg in g.groupby("pretrained")}
+        if {"adamw", "muon"} <= set(by_pre):
+            mis = "muon" if opt == "adamw" else "adamw"
+            pairs.append((opt, _seed_windows(by_pre[mis]), _seed_windows(by_pre[opt])))
+    pairs = [p for p in pairs if p[1][0] and p[2][0]]
+    if not pairs:
+        return [_no_data("2b", st_w, need), _no_data("2c", st_c, need)]
+    k = len(pairs)
+    for opt, (w_mis, c_mis), (w_mat, c_mat) in pairs:
+        wg += [(w_mis, 1 / k), (w_mat, -1 / k)]
+        cg += [(c_mis, 1 / k), (c_mat, -1 / k)]
+        parts.append(f"{opt} FT: width {np.mean(w_mis):.2f} vs {np.mean(w_mat):.2f} dec, "
+                     f"best lr 10^{np.mean(c_mis):.2f} vs 10^{np.mean(c_mat):.2f}")
+    ew, hw, _ = contrast_ci(wg)
+    ec, hc, _ = contrast_ci(cg)
+    how = (f"per-seed window (LRs keeping ≥{100 * (1 - WINDOW_TOL):.0f}% of the best gain), "
+           f"Welch contrast")
+    return [_result("2b", st_w, "; ".join(parts), ew, hw, how, sign=-1),
+            _result("2c", st_c, "; ".join(parts), ec, hc, how, sign=-1)]
+
+
 def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
     """Claim 4a: the mismatch gap under LoRA (rank 8, or the smallest rank) is smaller than
     under full fine-tuning: contrast gap_full − gap_lora."""
@@ -327,7 +395,7 @@ def claims_table(frame: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.Da
     best = best_lr_table(frame)
     if best.empty:
         return pd.DataFrame(columns=cols)
-    rows = [claim_mismatch_full(best),
+    rows = [claim_mismatch_full(best), *claim_lr_window(frame),
             claim_disruption(frame, "l2_drift", "3a", "L2 drift"),
             claim_disruption(frame, "forgetting", "3b", "forgetting"),
             claim_lora_mitigates(best), claim_gap_grows_with_rank(best),
