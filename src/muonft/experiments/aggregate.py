@@ -188,7 +188,9 @@ def cell_label(row: pd.Series | dict[str, Any], varying: list[str] | None = None
     """``init optimizer method [rank r]`` (plus any other varying label field)."""
     parts = [str(row.get("init")), str(row.get("optimizer")), str(row.get("method"))]
     if row.get("method") == "lora":
-        parts.append(f"r{row.get('lora.rank')}")
+        r = row.get("lora.rank")
+        parts.append(f"r{int(r)}" if isinstance(r, (int, float)) and float(r).is_integer()
+                     else f"r{r}")
         if row.get("lora.variant") not in (None, "lora"):
             parts.append(str(row.get("lora.variant")))
     for f in varying or []:

@@ -104,8 +104,8 @@ class Preset:
         return list(dict.fromkeys(n for n in names if not n.startswith("file:")))
 
 
-_QUICK_FT = {"task": "lm:rt", "steps": 40, "batch_size": 16, "block_size": 64, "warmup": 4,
-             "eval_every": 40, "eval_batches": 3}
+_QUICK_FT = {"task": "lm:rt", "steps": 30, "batch_size": 16, "block_size": 64, "warmup": 3,
+             "eval_every": 30, "eval_batches": 2}
 _CPU_FT = {"task": "lm:rt", "steps": 150, "batch_size": 16, "block_size": 128, "warmup": 10,
            "eval_every": 50, "eval_batches": 10}
 _GPU_FT = {"task": "lm:rt", "steps": 600, "batch_size": 32, "block_size": 256, "warmup": 30,
@@ -125,11 +125,11 @@ def register_preset(preset: Preset) -> None:
 register_preset(Preset(
     name="quick",
     description="the demo: every stage, panel and claim at the smallest useful size",
-    pretrain_steps=200, finetune=_QUICK_FT,
-    # Centred on the optima of a 5-point probe at this size (40 steps from 250-step models).
+    pretrain_steps=150, finetune=_QUICK_FT,
+    # Centred on the optima of a 5-point LR probe (40-step runs from 250-step models).
     lrs={"adamw/full": [3e-3, 1e-2, 3e-2], "muon/full": [3e-3, 1e-2, 3e-2],
          "adamw/lora": [1e-2, 3e-2, 1e-1], "muon/lora": [1e-2, 3e-2, 1e-1]},
-    seeds=(0, 1), ranks=(2, 32), max_extensions=1, toy_seeds=2,
+    seeds=(0, 1), ranks=(2, 32), max_extensions=1, toy_seeds=3,
     budget="≤ 10 minutes on 2 CPU cores from an empty cache"))
 register_preset(Preset(
     name="cpu",
