@@ -163,6 +163,7 @@ def fig_metric_vs_x(frame: pd.DataFrame, lt: pd.DataFrame, out: Path, name: str,
                             markersize=9, label=f"{opt} diverged")
             if x in ("lr", "update_rms_mean"):
                 ax.set_xscale("log")
+                _log_ticks(ax, sub["lr"] if x == "lr" else None)
             ax.set_title(f"{PRE_NAMES.get(pre, pre)}, {method}", fontsize=10)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
@@ -174,6 +175,17 @@ def fig_metric_vs_x(frame: pd.DataFrame, lt: pd.DataFrame, out: Path, name: str,
     path = atomic_savefig(fig, out / f"{name}.png")
     plt.close(fig)
     return path
+
+
+def _log_ticks(ax: Any, values: pd.Series | None) -> None:
+    """Label a log axis with plain numbers only (at the given values when there are few), so
+    that axes spanning less than a decade do not stack minor-tick labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if values is not None and 0 < values.nunique() <= 8:
+        ax.set_xticks(sorted(values.unique()))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
 def fig_gaps(best: pd.DataFrame, out: Path) -> Path | str:
