@@ -13,7 +13,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,gguf,austen]"
+	$(BIN)/python -m pip install -q -e ".[dev,gguf,austen,ray]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -41,6 +41,7 @@ from muonft.store import Store
 __all__ = ["SweepSummary", "register_runner", "run_sweep"]
 
 HEARTBEAT_S = 5.0
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -111,12 +112,24 @@ def execute_run(store: Store, rid: str, spec_json: str, path: str, run_dir: str,
         return "skipped", 0.0
     if on_start:
         on_start()
+    result, run_s = call_runner(spec_json, path, run_dir)
+    result["timings"] = {**(result.get("timings") or {}), "wall_s": run_s}
+    result["run_id"] = rid
+    ok = store.record_result(result, run_id=rid, token=token)
+    return (result["status"] if ok else "lost"), run_s
+
+
+def call_runner(spec_json: str, path: str, run_dir: str, *, threads: int | None = None
+                ) -> tuple[dict[str, Any], float]:
+    """Run the runner at import ``path`` on a RunSpec (JSON) in ``run_dir``; returns (result
+    record, seconds). Never raises: a crash becomes ``status: failed`` with its traceback."""
     t0 = time.perf_counter()
     try:
         spec = RunSpec.model_validate_json(spec_json)
         runner = load_runner(path)
+        n = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
         if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+            sys.modules["torch"].set_num_threads(n)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         result = dict(runner(spec, Path(run_dir)))
         if result.get("status") not in ("done", "diverged", "failed"):
@@ -125,12 +138,7 @@ def execute_run(store: Store, rid: str, spec_json: str, path: str, run_dir: str,
     except Exception as e:  # a crashing run is recorded, the sweep goes on
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                   "traceback": traceback.format_exc()}
-    run_s = time.perf_counter() - t0
-    result.setdefault("timings", {})
-    result["timings"] = {**(result["timings"] or {}), "wall_s": run_s}
-    result["run_id"] = rid
-    ok = store.record_result(result, run_id=rid, token=token)
-    return (result["status"] if ok else "lost"), run_s
+    return result, time.perf_counter() - t0
 
 
 def _die_with_parent() -> None:
@@ -238,13 +246,21 @@ class _Display:
 
 def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None = None,
               threads: int | None = None, progress: bool = True, stale_after_s: float = 120.0,
-              quiet: bool = False) -> SweepSummary:
+              quiet: bool = False, executor: str = "local", address: str | None = None,
+              gpus_per_run: float = 0.0) -> SweepSummary:
     """Run every missing run of ``sweep`` into ``out/results.sqlite`` (run dirs under
     ``out/runs/<id>``), extending LR grids adaptively, and return a :class:`SweepSummary`.
 
     ``workers`` 0 runs in this process (runners registered here need no import path);
     default = sweep.workers or one worker per core; ``threads`` = torch threads per worker.
+    ``executor="ray"`` runs each run as a Ray task instead (:mod:`muonft.experiments.
+    ray_executor`; ``address`` of a cluster, else a local one; ``workers`` caps the runs in
+    flight, default cluster CPUs ÷ threads; ``gpus_per_run`` is each task's GPU request).
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if gpus_per_run < 0:
+        raise ValueError(f"gpus_per_run must be >= 0, got {gpus_per_run}")
     from muonft.experiments.aggregate import existing_extra_lrs, propose_extensions, runs_frame
 
     out = Path(out)
@@ -259,7 +275,7 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
     heart = _Heartbeat(store.path, token)
     heart.start()
     display = None
-    pool: _Pool | None = None
+    pool: Any = None
     try:
         ts = time.perf_counter()
         extra = existing_extra_lrs(store, sweep)
@@ -289,7 +305,15 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
             elif display is not None:
                 display.add_total(len(todo))
             if todo:
-                if w == 0:
+                if executor == "ray":
+                    if pool is None:
+                        from muonft.experiments.ray_executor import RayPool
+
+                        pool = RayPool(token, t, address=address, size=workers or None,
+                                       gpus_per_run=gpus_per_run)
+                        summary.workers = pool.size
+                    pool.run(todo, out, store, display, summary)
+                elif w == 0:
                     _run_inline(store, todo, out, token, display, summary)
                 else:
                     if pool is None:
