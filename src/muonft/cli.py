@@ -241,15 +241,23 @@ def sweep(
     workers: int = typer.Option(None, help="Worker processes (default: one per core; 0 = "
                                 "run in this process)."),
     threads: int = typer.Option(None, help="torch threads per worker (default cores/workers)."),
+    executor: str = typer.Option("local", help="local (worker processes) or ray (Ray tasks)."),
+    address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    gpus_per_run: float = typer.Option(0.0, help="GPUs each Ray task asks for."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ) -> None:
     """Run a sweep: expand the grid, skip finished runs, run the rest, extend LR grids."""
     from muonft.experiments.spec import load_sweep_spec
-    from muonft.experiments.sweep import run_sweep
+    from muonft.experiments.sweep import EXECUTORS, run_sweep
 
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if address and executor != "ray":
+        raise ValueError("--address is only used with --executor ray")
     s = load_sweep_spec(spec)
     summary = run_sweep(s, out or Path("sweeps") / s.name, workers=workers, threads=threads,
-                        progress=not quiet, quiet=quiet)
+                        progress=not quiet, quiet=quiet, executor=executor, address=address,
+                        gpus_per_run=gpus_per_run)
     print(summary.line())
     print(summary.store)
 

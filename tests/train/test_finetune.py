@@ -78,8 +78,8 @@ def test_rerun_is_a_noop_and_spec_change_refused(setup, tmp_path):
 def test_spec_validation():
     with pytest.raises(ConfigError, match="method must be one of"):
         default_spec(method="half")
-    with pytest.raises(ConfigError, match="not supported yet"):
-        default_spec(task="rt-sentiment")
+    with pytest.raises(ConfigError, match="needs an HF model init"):
+        default_spec(task="rt-sentiment")  # a classification task on a GPT checkpoint
     assert default_spec(method="full")["lora_rank"] is None
 
 

@@ -33,8 +33,17 @@ LATEST = "latest.json"
 
 
 def save_weights(model_state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict as safetensors atomically (contiguous, detached copies)."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    """Write a state dict as safetensors atomically (contiguous, detached copies).
+
+    Tensors that share memory (tied input/output embeddings of HF models) are written once
+    each under their own name, as safetensors refuses shared storage.
+    """
+    tensors, seen = {}, set()
+    for k, v in model_state.items():
+        t = v.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        tensors[k] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp))
     with open(tmp, "rb") as f:

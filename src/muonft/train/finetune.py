@@ -38,6 +38,10 @@ DEFAULT_LR = {("adamw", "full"): 3e-3, ("muon", "full"): 3e-3,
 
 def default_spec(**overrides: Any) -> dict[str, Any]:
     """A complete fine-tuning spec with defaults filled in (validated)."""
+    from muonft.train import finetune_hf  # HF inits and classification tasks: their own recipe
+
+    if finetune_hf.is_hf_spec(overrides):
+        return finetune_hf.default_spec(**overrides)
     spec: dict[str, Any] = {
         "init": "gpt-tiny-adamw-s0", "task": "lm:rt", "optimizer": "muon", "method": "full",
         "lr": None, "steps": 200, "batch_size": 16, "block_size": 128, "seed": 0,
@@ -111,6 +115,11 @@ def _eval_loss(model, tokens, spec) -> float:
 def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
              progress: bool = True, checkpoint_every: int = 50) -> dict[str, Any]:
     """Run (or resume, or return the finished) fine-tuning described by ``spec``."""
+    from muonft.train.finetune_hf import finetune_hf, is_hf_spec
+
+    if is_hf_spec(spec):
+        return finetune_hf(spec, out, threads=threads, progress=progress,
+                           checkpoint_every=checkpoint_every)
     from muonft.adapters import LoRASpec, apply_lora, merged_state_dict
     from muonft.data import LMBatcher, load_lm_splits
     from muonft.diagnostics import weight_diagnostics

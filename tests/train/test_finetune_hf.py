@@ -1,0 +1,128 @@
+"""Fine-tuning real-model style: tiny random HF models (BERT, Llama) from local directories."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hf_tiny import save_tiny_bert, save_tiny_llama
+from muonft.cli import main
+from muonft.errors import ConfigError
+from muonft.train import finetune_hf
+from muonft.train.finetune import default_spec, finetune
+
+POS = ["great", "good", "fun", "love", "best"]
+NEG = ["awful", "bad", "boring", "hate", "worst"]
+FILLER = ["the", "a", "movie", "film", "plot", "acting", "was", "very"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny BERT, a tiny Llama, a GLUE-format SST-2 with a learnable rule, two text corpora."""
+    root = tmp_path_factory.mktemp("hfft")
+    rng = np.random.default_rng(0)
+
+    def sentence(label):
+        words = [*list(rng.choice(FILLER, 5)), rng.choice(POS if label else NEG)]
+        rng.shuffle(words)
+        return " ".join(words)
+
+    glue = root / "sst2"
+    glue.mkdir()
+    for split, n in (("train", 96), ("dev", 64)):
+        labels = rng.integers(0, 2, n)
+        rows = ["sentence\tlabel", *(f"{sentence(y)}\t{y}" for y in labels)]
+        (glue / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    general = root / "general.txt"
+    general.write_text("\n\n".join(
+        "the lord said unto god. " + " ".join(rng.choice([*FILLER, "lord", "god"], 30)) + "."
+        for _ in range(30)))
+    target = root / "target.txt"
+    target.write_text("\n\n".join(" ".join(rng.choice(FILLER + POS, 40)) for _ in range(30)))
+    return {"bert": save_tiny_bert(root / "bert"), "llama": save_tiny_llama(root / "llama"),
+            "task": f"glue-tsv:sst2:{glue}", "general": f"file:{general}",
+            "target": f"lm:file:{target}"}
+
+
+@pytest.fixture
+def general_corpus(tiny, monkeypatch, tmp_cache):
+    monkeypatch.setattr(finetune_hf, "GENERAL_CORPUS", tiny["general"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_dispatch_and_spec_defaults(tiny):
+    s = default_spec(init="minilm", task="rt-sentiment", optimizer="muon", method="lora")
+    assert s["lr"] == finetune_hf.DEFAULT_LR[("muon", "lora")] and s["batch_size"] == 32
+    assert default_spec(init="smollm2")["task"] == "lm:rt"
+    assert default_spec()["init"] == "gpt-tiny-adamw-s0"  # the GPT recipe is unchanged
+    with pytest.raises(ConfigError, match="encoder"):
+        default_spec(init="minilm", task="lm:kjv")
+    with pytest.raises(ConfigError, match="needs an HF model"):
+        default_spec(init="gpt-tiny-adamw-s0", task="rt-sentiment")
+    with pytest.raises(ConfigError, match="unknown finetune option"):
+        default_spec(init="minilm", nope=1)
+
+
+def _check_record(rec, lora):
+    assert rec["status"] == "done"
+    m = rec["metrics"]
+    for k in ("target", "zero_shot", "test", "forgetting", "update_rms"):
+        assert np.isfinite(m[k]), k
+    assert set(rec["diagnostics"]["overall"]) >= {"stable_rank", "l2_drift", "cosine_to_init"}
+    assert "overall" in rec["diagnostics_update"]
+    assert ("diagnostics_lora" in rec) == lora
+    assert rec["curves"]["train_loss"] and rec["timings"]["step_s"] > 0
+
+
+def test_classification_full_muon_learns_and_resumes(tiny, general_corpus, tmp_path):
+    spec = {"init": f"hf:{tiny['bert']}", "task": tiny["task"], "optimizer": "muon",
+            "method": "full", "lr": 2e-2, "steps": 60, "batch_size": 16, "warmup": 4,
+            "eval_every": 20}
+    rec = finetune(spec, tmp_path / "run", progress=False)
+    _check_record(rec, lora=False)
+    m = rec["metrics"]
+    assert m["target_name"] == "val_accuracy" and m["higher_is_better"] is True
+    assert m["target"] >= 0.8 > m["zero_shot"] - 0.2  # the word rule is learnable
+    assert 0 <= m["forgetting"] <= 2 and -1 <= m["similarity_corr"] <= 1
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["metrics"] == rec["metrics"]
+    again = finetune(spec, tmp_path / "run", progress=False)
+    assert again["resumed"] == "already finished"
+
+
+def test_classification_lora_keeps_classifier_trainable(tiny, general_corpus, tmp_path):
+    spec = {"init": f"hf:{tiny['bert']}", "task": tiny["task"], "optimizer": "muon",
+            "method": "lora", "lr": 1e-2, "steps": 6, "batch_size": 16, "warmup": 1,
+            "lora_rank": 4, "eval_every": 0}
+    rec = finetune(spec, tmp_path / "lora", progress=False)
+    _check_record(rec, lora=True)
+    # The new classifier trained (AdamW) although everything but the adapters is frozen.
+    assert rec["diagnostics"]["head"]["l2_drift"] > 0
+    assert {"attn_q", "attn_v", "mlp_in", "mlp_out"} <= set(rec["diagnostics_lora"])
+
+
+def test_causal_lm_with_forgetting_on_general_corpus(tiny, general_corpus, tmp_path):
+    spec = {"init": f"hf:{tiny['llama']}", "task": tiny["target"], "optimizer": "adamw",
+            "method": "full", "lr": 3e-3, "steps": 8, "batch_size": 4, "block_size": 16,
+            "warmup": 1, "eval_every": 0, "eval_batches": 2}
+    rec = finetune(spec, tmp_path / "lm", progress=False)
+    _check_record(rec, lora=False)
+    m = rec["metrics"]
+    assert m["target_name"] == "val_loss" and m["target"] < m["zero_shot"]
+    assert m["forgetting"] == pytest.approx(m["pretrain_loss_after"] - m["pretrain_loss_before"])
+    assert m["forgetting_corpus"] == tiny["general"]
+
+
+def test_cli_classification_run_and_missing_model(tiny, general_corpus, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["finetune", "--init", f"hf:{tiny['bert']}", "--task", tiny["task"],
+                 "--optimizer", "adamw", "--method", "lora", "--steps", "2", "--lr", "1e-3",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "target val_accuracy" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["status"] == "done"
+    assert main(["finetune", "--init", "minilm", "--task", "rt-sentiment", "--steps", "1",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "muonft data fetch minilm" in err[0]
