@@ -14,6 +14,7 @@ from muonft.adapters.lora import (
     lora_factors,
     lora_layers,
     lora_one_init,
+    lora_pairs,
     merge_and_unload,
     merge_lora,
     merged_state_dict,
@@ -27,7 +28,7 @@ from muonft.adapters.scale import LORA_BALANCED, lora_balanced_scale, register_l
 register_lora_scale_rule()
 
 __all__ = ["ADAPTED_GROUPS", "LORA_BALANCED", "VARIANTS", "LoRASpec", "apply_lora",
-           "lora_balanced_scale", "lora_factors", "lora_layers", "lora_one_init",
+           "lora_balanced_scale", "lora_factors", "lora_layers", "lora_one_init", "lora_pairs",
            "merge_and_unload", "merge_lora", "merged_state_dict", "register_lora_scale_rule",
            "resolve_targets", "top_singular_triplets", "trainable_parameter_names",
            "unmerge_lora"]

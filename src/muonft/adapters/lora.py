@@ -287,6 +287,14 @@ def lora_factors(model: nn.Module, adapter: str = "default"
     return out
 
 
+def lora_pairs(model: nn.Module, adapter: str = "default"
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(A, B)`` weight pairs of every adapter named ``adapter``, for
+    ``Muon(..., lora_muon="joint", lora_pairs=lora_pairs(model))`` (the optimizer needs to know
+    which A goes with which B and imports no model code)."""
+    return [(A, B) for _, A, B, _ in lora_factors(model, adapter)]
+
+
 def trainable_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters that require grad (after :func:`apply_lora`: the factors, and
     DoRA's magnitude vectors)."""

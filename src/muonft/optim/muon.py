@@ -3,7 +3,12 @@
 A Muon step for a group is a pipeline of small pure functions, each tested alone:
 
     momentum (ema | sum, Nesterov or not) → orthogonalize (batched by shape)
-        → scale (named rule) → decoupled weight decay → apply
+        → scale (named rule) → decoupled weight decay → apply [→ project onto drift ball]
+
+Constrained variants, per group (see :mod:`muonft.optim.constrained`): ``update_rank`` replaces
+the orthogonalization by its rank-r part with error feedback, ``lora_muon="joint"`` steps LoRA
+factor pairs jointly, ``max_drift`` projects each matrix back onto a ball around its first-step
+value.
 
 Groups tagged ``use_muon=False`` get decoupled AdamW through torch's own functional
 implementation (foreach), so the non-matrix parameters of a model train exactly as with
@@ -21,6 +26,14 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam as _adam_functional
 
+from muonft.optim.constrained import (
+    LOW_RANK_FIRST_STEP_ITERS,
+    initial_basis,
+    joint_lora_directions,
+    low_rank_orthogonal_step,
+    project_to_drift_ball,
+    work_dtype,
+)
 from muonft.optim.orthogonalize import METHODS, AutoPolicy, orthogonalize_raw
 
 ScaleRule = Callable[[int, int], float]
@@ -34,6 +47,9 @@ SCALE_RULES: dict[str, ScaleRule] = {
 }
 
 MOMENTUM_STYLES = ("ema", "sum")
+LORA_MUON_MODES = ("independent", "joint")
+# State entries whose dtype is not the parameter's: torch's load_state_dict would cast them.
+_OWN_DTYPE_STATE = ("lowrank_basis", "drift_anchor_norm", "drift_binds", "drift_checks")
 STACK_CPU_MAX_NUMEL = 512 * 512
 
 
@@ -135,6 +151,101 @@ def orthogonalize_batched(
     return out  # type: ignore[return-value]
 
 
+def error_feedback_momentum(
+    bufs: list[Tensor], grads: list[Tensor], momentum: float, style: str, nesterov: bool
+) -> list[Tensor]:
+    """Accumulate gradients into error-feedback buffers in place; return the directions.
+
+    The buffer E holds what has not been applied yet: M ← E + c·g with c = 1 − μ (``ema``) or
+    1 (``sum``); the direction is M, or the Nesterov look-ahead g + μ(M − g) (``ema``) /
+    g + μM (``sum``). The caller later removes (1 − μ) of the *applied* part of M, so with a
+    full-rank update E = μM and M follows exactly the recursion of :func:`momentum_update`.
+    """
+    torch._foreach_add_(bufs, grads, alpha=(1 - momentum) if style == "ema" else 1.0)
+    if nesterov:
+        if style == "ema":
+            return list(torch._foreach_lerp(grads, bufs, momentum))
+        return list(torch._foreach_add(grads, bufs, alpha=momentum))
+    return list(bufs)
+
+
+def _wide(t: Tensor) -> Tensor:
+    M = as_matrix(t)
+    return M.mT if M.shape[0] > M.shape[1] else M
+
+
+def low_rank_update_batched(
+    bufs: list[Tensor],
+    directions: list[Tensor],
+    bases: list[Tensor | None],
+    seeds: list[int],
+    rank: int,
+    momentum: float,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Rank-``rank`` orthogonalized updates of ``directions`` (see
+    :func:`muonft.optim.constrained.low_rank_orthogonal_step`), batched by wide shape.
+
+    Applies the error-feedback correction E ← M − (1 − μ)·P PᵀM to ``bufs`` in place (after the
+    updates are computed). ``bases`` are the previous steps' (n, r) bases in the wide
+    orientation, or None for a matrix's first step (a random basis from ``seeds``, and
+    :data:`LOW_RANK_FIRST_STEP_ITERS` extra power iterations for its bucket). Returns the
+    updates (fp32, shaped like the directions) and the new bases.
+    """
+    out: list[Tensor | None] = [None] * len(directions)
+    new_bases: list[Tensor | None] = [None] * len(directions)
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    for i, d in enumerate(directions):
+        m, n = as_matrix(d).shape
+        buckets[(min(m, n), max(m, n), d.dtype, d.device)].append(i)
+    for (_, n, dt, dev), idx in buckets.items():
+        wdt = work_dtype(dt)
+        D = torch.stack([_wide(directions[i]) for i in idx]).to(wdt)
+        aliased = all(directions[i] is bufs[i] for i in idx)
+        M = D if aliased else torch.stack([_wide(bufs[i]) for i in idx]).to(wdt)
+        fresh = any(bases[i] is None for i in idx)
+        Q = torch.stack([
+            bases[i].to(wdt) if bases[i] is not None else initial_basis(n, rank, wdt, dev, seeds[i])
+            for i in idx
+        ])
+        O, P, PtM, Qn = low_rank_orthogonal_step(
+            M, D, Q, iters=1 + (LOW_RANK_FIRST_STEP_ITERS if fresh else 0))
+        for j, i in enumerate(idx):
+            d = directions[i]
+            tall = as_matrix(d).shape[0] > as_matrix(d).shape[1]
+            out[i] = (O[j].mT if tall else O[j]).reshape(d.shape)
+            new_bases[i] = Qn[j].clone()
+        for j, i in enumerate(idx):  # only now: with Nesterov off the directions are the buffers
+            E = _wide(bufs[i])
+            if E.dtype == wdt:
+                E.addmm_(P[j], PtM[j], alpha=-(1 - momentum))
+            else:
+                E.sub_(P[j] @ PtM[j], alpha=1 - momentum)
+    return out, new_bases  # type: ignore[return-value]
+
+
+def joint_lora_update_batched(
+    params: list[Tensor], directions: list[Tensor], pairs: list[tuple[int, int]]
+) -> dict[int, Tensor]:
+    """Joint factor updates for LoRA pairs (indices (i_A, i_B) into ``params``/``directions``),
+    batched by (r, out, in); see :func:`muonft.optim.constrained.joint_lora_directions`.
+    Returns {index: update} for every A and B (fp32, shaped like the parameter)."""
+    buckets: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    for ia, ib in pairs:
+        A, B = params[ia], params[ib]
+        buckets[(A.shape, B.shape, A.dtype, A.device)].append((ia, ib))
+    out: dict[int, Tensor] = {}
+    for (_, _, dt, _), prs in buckets.items():
+        wdt = work_dtype(dt)
+        A = torch.stack([params[ia] for ia, _ in prs]).to(wdt)
+        B = torch.stack([params[ib] for _, ib in prs]).to(wdt)
+        MA = torch.stack([directions[ia] for ia, _ in prs]).to(wdt)
+        MB = torch.stack([directions[ib] for _, ib in prs]).to(wdt)
+        dA, dB = joint_lora_directions(A, B, MA, MB)
+        for j, (ia, ib) in enumerate(prs):
+            out[ia], out[ib] = dA[j], dB[j]
+    return out
+
+
 def apply_decay_and_update(
     params: list[Tensor], updates: list[Tensor], lr: float, weight_decay: float, scales: list[float]
 ) -> None:
@@ -163,6 +274,24 @@ class Muon(torch.optim.Optimizer):
         scale: update-scale rule name (``match_adamw_rms``, ``spectral``, ``none`` or one added
             with :func:`register_scale_rule`).
         adamw_lr, adamw_betas, adamw_eps: AdamW hyper-parameters of ``use_muon=False`` groups.
+        update_rank: None (plain Muon) or r ≥ 1: each matrix with min(m, n) > r is moved by the
+            rank-r orthogonalized direction of its momentum (one power iteration warm-started
+            from the previous step's basis, kept in state as ``lowrank_basis``; the part not
+            applied stays in the momentum buffer — error feedback as in Dion). Computed in
+            fp32 whatever ``ns_dtype``. Matrices with min(m, n) ≤ r take the plain Muon path,
+            so r ≥ min(m, n) *is* plain Muon. Same scale rule as plain Muon.
+        max_drift: None or ρ > 0: after each step project every matrix of the group back onto
+            ‖W − W₀‖_F ≤ ρ‖W₀‖_F, W₀ being its value before its first step (kept in state as
+            ``drift_anchor``, one copy of the weights). ``inf`` is plain Muon, bit for bit.
+            How often it binds: :meth:`constraint_stats`. Ignored by AdamW groups.
+        lora_muon: ``"independent"`` (default: A and B are orthogonalized as two matrices) or
+            ``"joint"``: each LoRA pair in ``lora_pairs`` is stepped so that the induced
+            ΔW = B·dA + dB·A is orthogonalized with spectral norm lr·scale(out, in) (see
+            :func:`muonft.optim.constrained.joint_lora_directions`).
+        lora_pairs: (A, B) tensor pairs (A: r×in, B: out×r), e.g.
+            :func:`muonft.adapters.lora_pairs`; each pair goes to the group holding both
+            tensors (a group dict may also carry its own ``lora_pairs``). Stored per group as
+            index pairs into the group's ``params``, so they survive ``state_dict``.
     """
 
     def __init__(
@@ -180,6 +309,10 @@ class Muon(torch.optim.Optimizer):
         adamw_lr: float | None = None,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
+        update_rank: int | None = None,
+        max_drift: float | None = None,
+        lora_muon: str = "independent",
+        lora_pairs: Iterable[tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         params = list(params)
         if not params:
@@ -189,21 +322,57 @@ class Muon(torch.optim.Optimizer):
         groups = []
         for g in params:
             g = dict(g)
+            g["params"] = [g["params"]] if isinstance(g["params"], Tensor) else list(g["params"])
             g.setdefault("use_muon", True)
             if not g["use_muon"] and "lr" not in g and adamw_lr is not None:
                 g["lr"] = adamw_lr
             groups.append(g)
+        _assign_lora_pairs(groups, list(lora_pairs) if lora_pairs is not None else [])
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, momentum_style=momentum_style,
             weight_decay=weight_decay, orthogonalizer=orthogonalizer, ns_steps=ns_steps,
             ns_dtype=ns_dtype, scale=scale, betas=adamw_betas, eps=adamw_eps,
+            update_rank=update_rank, max_drift=max_drift, lora_muon=lora_muon, lora_pairs=None,
         )
         self._auto = AutoPolicy()
         super().__init__(groups, defaults)
+        joint = [g for g in self.param_groups if g["use_muon"] and g["lora_muon"] == "joint"]
+        if joint and not any(g["lora_pairs"] for g in joint):
+            raise ValueError(
+                "lora_muon='joint' needs the LoRA factor pairs: pass "
+                "lora_pairs=muonft.adapters.lora_pairs(model)"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        _validate_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        group["lora_pairs"] = _index_lora_pairs(group)
+        _validate_group(group)
+
+    def constraint_stats(self) -> dict[str, float | int]:
+        """What the constraints did so far, over all Muon matrices: ``drift_checks`` (matrix
+        steps under a finite ``max_drift``), ``drift_binds`` (of those, projected back onto the
+        ball), ``drift_bind_rate``, ``drift_max`` (largest current ‖W − W₀‖_F/‖W₀‖_F) and
+        ``low_rank_matrices`` (matrices stepped by the rank-``update_rank`` path). Synchronises
+        with the device; call it at logging time, not every step."""
+        checks = binds = low = 0
+        drift_max = 0.0
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                if "lowrank_basis" in st:
+                    low += 1
+                if "drift_anchor" in st:
+                    checks += int(st["drift_checks"])
+                    binds += int(st["drift_binds"])
+                    ref = float(st["drift_anchor_norm"])
+                    diff = (p.detach() - st["drift_anchor"]).float()
+                    dist = float(torch.linalg.vector_norm(diff))
+                    ratio = dist / ref if ref > 0 else (math.inf if dist > 0 else 0.0)
+                    drift_max = max(drift_max, ratio)
+        return {"drift_checks": checks, "drift_binds": binds,
+                "drift_bind_rate": binds / checks if checks else 0.0, "drift_max": drift_max,
+                "low_rank_matrices": low}
 
     @property
     def auto_choices(self) -> dict[str, dict]:
@@ -225,6 +394,15 @@ class Muon(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         if choices:
             self._auto.load(choices)
+        # torch casts every floating parameter's state to the parameter's dtype; counters and
+        # fp32 bases must keep theirs (a bf16 counter stops counting at 256).
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        live = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, live):
+            saved = state_dict["state"].get(i, {})
+            for key in _OWN_DTYPE_STATE:
+                if key in saved:
+                    self.state[p][key] = saved[key].to(device=p.device, copy=True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -233,9 +411,9 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             if group["use_muon"]:
-                self._muon_group_step(group)
+                self._muon_group_step(group, gi)
             else:
                 self._adamw_group_step(group)
         return loss
@@ -250,7 +428,7 @@ class Muon(torch.optim.Optimizer):
             out.append(p)
         return out
 
-    def _muon_group_step(self, group: dict[str, Any]) -> None:
+    def _muon_group_step(self, group: dict[str, Any], gi: int) -> None:
         params = self._params_with_grad(group)
         if not params:
             return
@@ -261,14 +439,90 @@ class Muon(torch.optim.Optimizer):
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bufs.append(st["momentum_buffer"])
-        directions = momentum_update(
-            bufs, grads, group["momentum"], group["momentum_style"], group["nesterov"]
-        )
-        updates = orthogonalize_batched(
-            directions, group["orthogonalizer"], group["ns_steps"], group["ns_dtype"], self._auto
-        )
+        drift = group["max_drift"]
+        if drift is not None and not math.isinf(drift):
+            self._snapshot_drift_anchors(params)
+        pairs = self._active_lora_pairs(group, params)
+        rank = group["update_rank"]
+        paired = {i for pr in pairs for i in pr}
+        low = [i for i, p in enumerate(params) if rank is not None and i not in paired
+               and rank < min(as_matrix(p).shape)]
+        mom = (group["momentum"], group["momentum_style"], group["nesterov"])
+        ortho = (group["orthogonalizer"], group["ns_steps"], group["ns_dtype"], self._auto)
         scales = [update_scale(group["scale"], tuple(as_matrix(p).shape)) for p in params]
+        if not low and not pairs:  # plain Muon: exactly the original pipeline
+            directions = momentum_update(bufs, grads, *mom)
+            updates = orthogonalize_batched(directions, *ortho)
+        else:
+            lowset = set(low)
+            rest = [i for i in range(len(params)) if i not in lowset]
+            directions: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+            updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+            if rest:
+                for i, d in zip(rest, momentum_update([bufs[i] for i in rest],
+                                                      [grads[i] for i in rest], *mom)):
+                    directions[i] = d
+            plain = [i for i in rest if i not in paired]
+            if plain:
+                for i, u in zip(plain,
+                                orthogonalize_batched([directions[i] for i in plain], *ortho)):
+                    updates[i] = u
+            if pairs:
+                updates_joint = joint_lora_update_batched(params, directions, pairs)
+                for i, u in updates_joint.items():
+                    updates[i] = u
+                for ia, ib in pairs:
+                    shape = (params[ib].shape[0], params[ia].shape[1])
+                    scales[ia] = scales[ib] = update_scale(group["scale"], shape)
+            if low:
+                self._low_rank_updates(group, gi, params, grads, bufs, low, updates)
         apply_decay_and_update(params, updates, group["lr"], group["weight_decay"], scales)
+        if drift is not None and not math.isinf(drift):
+            sts = [self.state[p] for p in params]
+            for st in sts:
+                st["drift_checks"].add_(1)
+            project_to_drift_ball(params, [st["drift_anchor"] for st in sts],
+                                  [drift * st["drift_anchor_norm"] for st in sts],
+                                  [st["drift_binds"] for st in sts])
+
+    def _low_rank_updates(self, group: dict[str, Any], gi: int, params: list[Tensor],
+                          grads: list[Tensor], bufs: list[Tensor], low: list[int],
+                          updates: list[Tensor]) -> None:
+        """Fill ``updates[i]`` for the rank-``update_rank`` matrices ``low`` (in place)."""
+        pos = {id(p): k for k, p in enumerate(group["params"])}
+        sts = [self.state[params[i]] for i in low]
+        dirs = error_feedback_momentum([bufs[i] for i in low], [grads[i] for i in low],
+                                       group["momentum"], group["momentum_style"],
+                                       group["nesterov"])
+        seeds = [1_000_003 * gi + pos[id(params[i])] for i in low]
+        outs, bases = low_rank_update_batched(
+            [bufs[i] for i in low], dirs, [st.get("lowrank_basis") for st in sts], seeds,
+            group["update_rank"], group["momentum"])
+        for i, st, u, q in zip(low, sts, outs, bases):
+            updates[i] = u
+            st["lowrank_basis"] = q
+
+    def _snapshot_drift_anchors(self, params: list[Tensor]) -> None:
+        for p in params:
+            st = self.state[p]
+            if "drift_anchor" not in st:
+                st["drift_anchor"] = p.detach().clone(memory_format=torch.preserve_format)
+                st["drift_anchor_norm"] = torch.linalg.vector_norm(p.detach().float())
+                st["drift_binds"] = torch.zeros((), dtype=torch.int64, device=p.device)
+                st["drift_checks"] = torch.zeros((), dtype=torch.int64, device=p.device)
+
+    def _active_lora_pairs(self, group: dict[str, Any], params: list[Tensor]
+                           ) -> list[tuple[int, int]]:
+        """The group's LoRA pairs as indices into ``params`` (both factors with a gradient)."""
+        if group["lora_muon"] != "joint" or not group["lora_pairs"]:
+            return []
+        where = {id(p): k for k, p in enumerate(params)}
+        out = []
+        for ia, ib in group["lora_pairs"]:
+            a, b = id(group["params"][ia]), id(group["params"][ib])
+            if a in where and b in where:
+                out.append((where[a], where[b]))
+        return out
 
     def _adamw_group_step(self, group: dict[str, Any]) -> None:
         params = self._params_with_grad(group)
@@ -292,6 +546,64 @@ class Muon(torch.optim.Optimizer):
         )
 
 
+def _assign_lora_pairs(groups: list[dict[str, Any]], pairs: list[tuple[Tensor, Tensor]]
+                       ) -> None:
+    """Append each (A, B) pair to the ``lora_pairs`` of the group that holds both tensors."""
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and all(isinstance(t, Tensor) for t in pair)):
+            raise ValueError(f"lora_pairs entries must be (A, B) tensor pairs, got {pair!r}")
+        homes = [next((k for k, g in enumerate(groups) if any(t is q for q in g["params"])), None)
+                 for t in pair]
+        if homes[0] is None or homes[1] is None:
+            raise ValueError(
+                f"lora_pairs: a factor of shape {tuple(pair[homes.index(None)].shape)} is not "
+                f"among the optimizer's parameters"
+            )
+        if homes[0] != homes[1]:
+            raise ValueError(
+                f"lora_pairs: A {tuple(pair[0].shape)} and B {tuple(pair[1].shape)} are in "
+                f"different param groups ({homes[0]} and {homes[1]}); put both in one group"
+            )
+        g = groups[homes[0]]
+        g["lora_pairs"] = [*(g.get("lora_pairs") or []), tuple(pair)]
+
+
+def _index_lora_pairs(group: dict[str, Any]) -> list[tuple[int, int]]:
+    """A group's ``lora_pairs`` as (i_A, i_B) positions in ``group["params"]``, validated:
+    A is r×in, B is out×r with the same r, and no factor is in two pairs."""
+    params = group["params"]
+    out: list[tuple[int, int]] = []
+    for pair in group.get("lora_pairs") or []:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"lora_pairs entries must be (A, B) pairs, got {pair!r}")
+        idx = []
+        for t in pair:
+            if isinstance(t, Tensor):
+                k = next((k for k, q in enumerate(params) if q is t), None)
+                if k is None:
+                    raise ValueError(f"lora_pairs: a factor of shape {tuple(t.shape)} is not in "
+                                     f"this param group")
+            elif isinstance(t, int) and not isinstance(t, bool) and 0 <= t < len(params):
+                k = t
+            else:
+                raise ValueError(f"lora_pairs: {t!r} is neither a tensor of the group nor an "
+                                 f"index below {len(params)}")
+            idx.append(k)
+        A, B = params[idx[0]], params[idx[1]]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise ValueError(
+                f"lora_pairs: need A (r×in) and B (out×r) with the same r, got A "
+                f"{tuple(A.shape)} and B {tuple(B.shape)} (is the pair in (A, B) order?)"
+            )
+        out.append((idx[0], idx[1]))
+    flat = [k for pr in out for k in pr]
+    if len(flat) != len(set(flat)):
+        raise ValueError("lora_pairs: a factor appears in more than one pair (or is paired "
+                         "with itself)")
+    return out
+
+
 def _validate_group(group: dict[str, Any]) -> None:
     """Check one param group's hyper-parameters; raise ValueError naming the bad value."""
     lr = group["lr"]
@@ -300,6 +612,10 @@ def _validate_group(group: dict[str, Any]) -> None:
     wd = group["weight_decay"]
     if not wd >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {wd}")
+    rho = group["max_drift"]
+    if rho is not None and (isinstance(rho, bool) or not isinstance(rho, (int, float))
+                            or not rho > 0):
+        raise ValueError(f"max_drift must be None or a number > 0 (inf: no budget), got {rho!r}")
     for p in group["params"]:
         if p.is_complex():
             raise ValueError(f"Muon does not support complex parameters (got dtype {p.dtype})")
@@ -330,6 +646,13 @@ def _validate_group(group: dict[str, Any]) -> None:
             )
         if int(group["ns_steps"]) < 1:
             raise ValueError(f"ns_steps must be >= 1, got {group['ns_steps']}")
+        rank = group["update_rank"]
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"update_rank must be None (full rank) or an integer >= 1, "
+                             f"got {rank!r}")
+        if group["lora_muon"] not in LORA_MUON_MODES:
+            raise ValueError(f"lora_muon must be one of {LORA_MUON_MODES}, got "
+                             f"{group['lora_muon']!r}")
         for p in group["params"]:
             if p.ndim < 2:
                 raise ValueError(
@@ -337,6 +660,8 @@ def _validate_group(group: dict[str, Any]) -> None:
                     f"{tuple(p.shape)}: put it in a use_muon=False group (muon_param_groups "
                     f"does this)"
                 )
+    elif group["lora_pairs"]:
+        raise ValueError("lora_pairs belong in a Muon group (use_muon=True), not an AdamW group")
     else:
         b1, b2 = group["betas"]
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
