@@ -79,7 +79,8 @@ def test_spec_validation():
     with pytest.raises(ConfigError, match="method must be one of"):
         default_spec(method="half")
     with pytest.raises(ConfigError, match="needs an HF model init"):
-        default_spec(task="rt-sentiment")  # a classification task on a GPT checkpoint
+        default_spec(init="gpt-tiny-adamw-s0", task="rt-sentiment")
+    assert default_spec(task="rt-sentiment")["init"] == "minilm"  # the HF recipe's default
     assert default_spec(method="full")["lora_rank"] is None
 
 
