@@ -41,7 +41,18 @@ def finetune(
     out: Path = typer.Option(..., help="Output directory (result.json, checkpoints)."),
     rank: int = typer.Option(None, help="LoRA rank (default 8)."),
     alpha: float = typer.Option(None, help="LoRA alpha (default 16)."),
-    variant: str = typer.Option(None, help="LoRA variant: lora, rslora, pissa, dora, olora."),
+    variant: str = typer.Option(None, help="LoRA variant: lora, rslora, pissa, dora, olora, "
+                                "lora_one."),
+    dropout: float = typer.Option(None, help="LoRA dropout (default 0)."),
+    orthogonalizer: str = typer.Option(None, help="Muon orthogonalizer: polar_express "
+                                       "(default), ns5, exact_thin (for LoRA factors), svd, …"),
+    scale: str = typer.Option(None, help="Muon update-scale rule: match_adamw_rms (default), "
+                              "spectral, lora_balanced, none."),
+    diag_every: int = typer.Option(None, help="Diagnostics every N steps as curves "
+                                   "(default 0: at the end only)."),
+    block_size: int = typer.Option(None, help="Tokens per sequence (default 128)."),
+    batch_size: int = typer.Option(None, help="Sequences per step (default 16)."),
+    eval_batches: int = typer.Option(None, help="Batches per evaluation (default 10)."),
     weight_decay: float = typer.Option(None, help="Decoupled weight decay (default 0)."),
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -54,11 +65,14 @@ def finetune(
         raise ValueError(f"--steps must be >= 0, got {steps}")
     spec = default_spec(init=init, task=task, optimizer=optimizer, method=method, lr=lr,
                         steps=steps, seed=seed, lora_rank=rank, lora_alpha=alpha,
-                        lora_variant=variant, weight_decay=weight_decay)
-    if spec["method"] == "lora":
+                        lora_variant=variant, lora_dropout=dropout, weight_decay=weight_decay,
+                        orthogonalizer=orthogonalizer, scale=scale, diag_every=diag_every,
+                        block_size=block_size, batch_size=batch_size, eval_batches=eval_batches)
+    if spec["method"] == "lora":  # fail before loading any model (HF recipes included)
         from muonft.adapters import LoRASpec
 
-        LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"], variant=spec["lora_variant"])
+        LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"], variant=spec["lora_variant"],
+                 dropout=spec.get("lora_dropout") or 0.0)
     rec = run_finetune(spec, out, threads=threads, progress=not quiet)
     m = rec["metrics"]
     note = f" ({rec['resumed']})" if rec.get("resumed") else ""

@@ -69,21 +69,16 @@ def get_runner(kind: str) -> Runner:
 
 def finetune_kwargs(spec: Any) -> dict[str, Any]:
     """The ``muonft.train.finetune`` spec dict of a RunSpec; refuses settings the engine does
-    not implement yet (rather than silently ignoring them)."""
+    not implement yet (rather than silently ignoring them).
+
+    LoRA ``dropout``/``targets`` and the Muon options other than ``scale`` are passed only
+    when they differ from their defaults, so an engine that lacks one (the HF recipe) refuses
+    it by name instead of receiving a value it cannot use.
+    """
     from muonft.experiments.spec import LoRAConfig, MuonConfig
 
-    unsupported = []
-    if spec.method == "lora":
-        d = LoRAConfig()
-        unsupported += [f"lora.{k}" for k in ("dropout", "targets")
-                        if getattr(spec.lora, k) != getattr(d, k)]
-    if spec.optimizer == "muon":
-        d = MuonConfig()
-        unsupported += [f"muon.{k}" for k in ("orthogonalizer", "ns_steps", "momentum",
-                                              "nesterov", "adamw_lr_ratio")
-                        if getattr(spec.muon, k) != getattr(d, k)]
-    unsupported += [k for k in ("update_rank", "max_drift", "lora_muon", "model")
-                    if getattr(spec, k) is not None]
+    unsupported = [k for k in ("update_rank", "max_drift", "lora_muon", "model")
+                   if getattr(spec, k) is not None]
     if unsupported:
         raise ConfigError(f"the finetune engine does not support {', '.join(unsupported)} yet; "
                           f"remove them from the spec")
@@ -98,6 +93,14 @@ def finetune_kwargs(spec: Any) -> dict[str, Any]:
     if spec.method == "lora":
         kw.update(lora_rank=spec.lora.rank, lora_alpha=spec.lora.alpha,
                   lora_variant=spec.lora.variant)
+        d = LoRAConfig()
+        kw.update({f"lora_{k}": getattr(spec.lora, k) for k in ("dropout", "targets")
+                   if getattr(spec.lora, k) != getattr(d, k)})
+    if spec.optimizer == "muon":
+        d = MuonConfig()
+        kw.update({k: getattr(spec.muon, k) for k in ("orthogonalizer", "ns_steps", "momentum",
+                                                      "nesterov", "adamw_lr_ratio")
+                   if getattr(spec.muon, k) != getattr(d, k)})
     return kw
 
 

@@ -48,6 +48,9 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
         "weight_decay": 0.0, "warmup": 10, "schedule": "cosine", "grad_clip": 1.0,
         "eval_every": 50, "eval_batches": 10, "lora_rank": 8, "lora_alpha": 16.0,
         "lora_variant": "lora", "scale": "match_adamw_rms",
+        "lora_dropout": 0.0, "lora_targets": None, "orthogonalizer": "polar_express",
+        "ns_steps": 5, "momentum": 0.95, "nesterov": True, "adamw_lr_ratio": 1.0,
+        "diag_every": 0,
     }
     unknown = set(overrides) - set(spec)
     if unknown:
@@ -66,10 +69,54 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
     if not str(spec["task"]).startswith("lm:"):
         raise ConfigError(f"task {spec['task']!r} is not supported yet; use lm:<corpus> "
                           f"(e.g. lm:rt)")
+    _validate_options(spec)
     if spec["method"] == "full":  # LoRA settings do not change a full fine-tune
-        for k in ("lora_rank", "lora_alpha", "lora_variant"):
+        for k in LORA_KEYS:
             spec[k] = None
     return spec
+
+
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_variant", "lora_dropout", "lora_targets")
+
+
+def _validate_options(spec: dict[str, Any]) -> None:
+    """Shapes, Muon options and LoRA settings of a filled spec (ConfigError naming the value)."""
+    from muonft.optim import METHODS as ORTHOGONALIZERS
+    from muonft.optim import SCALE_RULES
+
+    for k in ("batch_size", "block_size", "eval_batches", "ns_steps"):
+        if isinstance(spec[k], bool) or not isinstance(spec[k], int) or spec[k] < 1:
+            raise ConfigError(f"{k} must be a positive integer, got {spec[k]!r}")
+    for k in ("eval_every", "warmup", "diag_every"):
+        if isinstance(spec[k], bool) or not isinstance(spec[k], int) or spec[k] < 0:
+            raise ConfigError(f"{k} must be an integer >= 0, got {spec[k]!r}")
+    if spec["orthogonalizer"] not in ORTHOGONALIZERS:
+        raise ConfigError(f"orthogonalizer must be one of {', '.join(ORTHOGONALIZERS)}, got "
+                          f"{spec['orthogonalizer']!r}")
+    if spec["scale"] not in SCALE_RULES:
+        raise ConfigError(f"unknown scale rule {spec['scale']!r}; choose one of "
+                          f"{', '.join(sorted(SCALE_RULES))}")
+    if not 0.0 <= spec["momentum"] < 1.0:
+        raise ConfigError(f"momentum must be in [0, 1), got {spec['momentum']}")
+    if not isinstance(spec["nesterov"], bool):
+        raise ConfigError(f"nesterov must be true or false, got {spec['nesterov']!r}")
+    if not spec["adamw_lr_ratio"] > 0:
+        raise ConfigError(f"adamw_lr_ratio must be > 0, got {spec['adamw_lr_ratio']}")
+    if spec["method"] == "lora":
+        if isinstance(spec["lora_targets"], str):
+            spec["lora_targets"] = [spec["lora_targets"]]
+        elif spec["lora_targets"] is not None:  # JSON-shaped, so result.json compares equal
+            spec["lora_targets"] = list(spec["lora_targets"])
+        _lora_spec(spec)  # rank, alpha, dropout, variant and targets
+
+
+def _lora_spec(spec: dict[str, Any]):
+    from muonft.adapters import LoRASpec
+
+    targets = spec["lora_targets"]
+    return LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"],
+                    dropout=spec["lora_dropout"], variant=spec["lora_variant"],
+                    targets=None if targets is None else tuple(targets))
 
 
 def resolve_init(init: str) -> Path:
@@ -120,7 +167,7 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
     if is_hf_spec(spec):
         return finetune_hf(spec, out, threads=threads, progress=progress,
                            checkpoint_every=checkpoint_every)
-    from muonft.adapters import LoRASpec, apply_lora, merged_state_dict
+    from muonft.adapters import apply_lora, merged_state_dict
     from muonft.data import LMBatcher, load_lm_splits
     from muonft.diagnostics import weight_diagnostics
 
@@ -133,8 +180,9 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
     res_path = out / "result.json"
     if res_path.exists():
         prev = json.loads(res_path.read_text())
-        if prev.get("spec") != spec:
-            diff = sorted(k for k in spec if prev.get("spec", {}).get(k) != spec[k])
+        prev_spec = _filled(prev.get("spec") or {})
+        if prev_spec != spec:
+            diff = sorted(k for k in spec if prev_spec.get(k) != spec[k])
             raise ConfigError(f"{out} holds a run with a different spec (differs in {diff}); "
                               f"use another --out or delete it")
         if prev.get("status") in ("done", "diverged"):
@@ -150,34 +198,50 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
     zero_shot = _eval_loss(model, target.val, spec)
     pre_before = _eval_loss(model, pre.heldout, spec)
 
+    batcher = LMBatcher(target.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
     if spec["method"] == "lora":
-        model = apply_lora(model, LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"],
-                                           variant=spec["lora_variant"]))
-    muon_opts = {"scale": spec["scale"]} if spec["optimizer"] == "muon" else {}
+        grad_fn = lora_one_grad_fn(batcher.get) if spec["lora_variant"] == "lora_one" else None
+        model = apply_lora(model, _lora_spec(spec), grad_fn=grad_fn)
     opt = build_optimizer(model, spec["optimizer"], spec["lr"], spec["weight_decay"],
-                          **muon_opts)
-    watched = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rms_sum = {"sum": 0.0, "n": 0}
-    prev_w = [p.detach().clone() for p in watched]
+                          **muon_options(spec))
+    tracker = _matrix_rms_tracker(opt)
+    hooks = [opt.register_step_pre_hook(lambda *_: tracker.snapshot()),
+             opt.register_step_post_hook(lambda *_: tracker.measure())]
+
+    def current_weights() -> dict[str, torch.Tensor]:
+        if spec["method"] == "lora":
+            return merged_state_dict(model)
+        return {n: p.detach() for n, p in model.named_parameters()}
+
+    diag_path = out / "diag_curves.json"
+    diag_rows: dict[str, dict[str, float]] = (
+        json.loads(diag_path.read_text()) if diag_path.exists() else {})
+
+    rms_curves: dict[str, list[list[float]]] = {}
 
     def on_step(step: int, loss: float) -> None:
-        sq = sum(float((p.detach() - q).square().sum()) for p, q in zip(watched, prev_w))
-        rms_sum["sum"] += math.sqrt(sq / max(1, sum(p.numel() for p in watched)))
-        rms_sum["n"] += 1
-        for p, q in zip(watched, prev_w):
-            q.copy_(p.detach())
+        if tracker.history and tracker.history[-1][0] is None:  # this step's measurement
+            for k, v in step_update_rms(tracker, tracker.history[-1][1]).items():
+                rms_curves.setdefault(k, []).append([step, v])
+            tracker.history[-1] = (step, tracker.history[-1][1])
+        if spec["diag_every"] and step % spec["diag_every"] == 0 and step < spec["steps"]:
+            diag_rows[str(step)] = diag_row(current_weights(), init_state)
+            atomic_write_json(diag_path, diag_rows)
 
-    batcher = LMBatcher(target.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     tcfg = TrainConfig(steps=spec["steps"], schedule=spec["schedule"], warmup=spec["warmup"],
                        grad_clip=spec["grad_clip"], eval_every=spec["eval_every"],
                        checkpoint_every=checkpoint_every, progress=progress,
                        description=f"finetune {spec['method']} {spec['optimizer']}")
     atomic_write_json(res_path, {"spec": spec, "status": "running"})
-    result = train(model, opt, batcher.get, tcfg, ckpt_dir=out / "ckpt", on_step=on_step,
-                   eval_fn=lm_eval_fn(target.val, spec["block_size"], 32, spec["eval_batches"]))
-    final = merged_state_dict(model) if spec["method"] == "lora" else {
-        n: p.detach() for n, p in model.named_parameters()}
+    try:
+        result = train(model, opt, batcher.get, tcfg, ckpt_dir=out / "ckpt", on_step=on_step,
+                       eval_fn=lm_eval_fn(target.val, spec["block_size"], 32,
+                                          spec["eval_batches"]))
+    finally:
+        for h in hooks:
+            h.remove()
+    final = current_weights()
     if spec["method"] == "lora":
         from muonft.adapters import merge_lora, unmerge_lora
 
@@ -195,15 +259,119 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         "zero_shot": zero_shot, "relative_ppl": math.exp(target_loss - zero_shot),
         "test": test_loss, "forgetting": pre_after - pre_before,
         "pretrain_loss_before": pre_before, "pretrain_loss_after": pre_after,
-        "update_rms": rms_sum["sum"] / max(1, rms_sum["n"]),
+        **update_rms_metrics(tracker),
     }
+    diagnostics = weight_diagnostics(now, init_state)
+    diagnostics_update = weight_diagnostics(now, init_state, update=True)
+    if spec["diag_every"]:  # the end point closes every diagnostics curve
+        diag_rows[str(result["steps"])] = diag_row(now, init_state, diagnostics,
+                                                   diagnostics_update)
     record = {
         "status": result["status"], "spec": spec, "metrics": metrics,
-        "diagnostics": weight_diagnostics(now, init_state),
-        "diagnostics_update": weight_diagnostics(now, init_state, update=True),
-        "curves": result["curves"], "timings": result["timings"],
+        "diagnostics": diagnostics, "diagnostics_update": diagnostics_update,
+        "curves": {**result["curves"], **rms_curves, **diag_curves(diag_rows)},
+        "timings": result["timings"],
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "error": None,
     }
+    if spec["method"] == "lora":
+        from muonft.diagnostics import lora_diagnostics
+
+        record["diagnostics_lora"] = lora_diagnostics(model)
     atomic_write_json(res_path, record)
     return record
+
+
+def _filled(prev_spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec with options added since it was written set to their defaults, so runs
+    recorded by an older version still resume (or return) instead of being refused."""
+    try:
+        return default_spec(**prev_spec)
+    except (ConfigError, TypeError, ValueError):
+        return prev_spec
+
+
+def muon_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :class:`muonft.optim.Muon` from a spec (empty under AdamW); the
+    AdamW groups of a Muon run get lr · ``adamw_lr_ratio``."""
+    if spec["optimizer"] != "muon":
+        return {}
+    return {"scale": spec["scale"], "orthogonalizer": spec["orthogonalizer"],
+            "ns_steps": spec["ns_steps"], "momentum": spec["momentum"],
+            "nesterov": spec["nesterov"], "adamw_lr": spec["lr"] * spec["adamw_lr_ratio"]}
+
+
+LORA_ONE_BATCHES = 4
+LORA_ONE_FIRST_STEP = 2**32  # batcher steps of the LoRA-One gradient: never training steps
+
+
+def lora_one_grad_fn(get_batch, n_batches: int = LORA_ONE_BATCHES):
+    """The ``grad_fn`` of LoRA-One: backward of the mean loss over ``n_batches`` training-split
+    batches ``get_batch(2³² + i)`` — a stream of the same seeded batcher that training (steps
+    0 … steps−1) never reaches, so the training batches are the same as without LoRA-One."""
+    from muonft.train.loop import default_loss, to_device
+
+    def grad_fn(model: torch.nn.Module) -> None:
+        device = next(model.parameters()).device
+        for i in range(n_batches):
+            batch = to_device(get_batch(LORA_ONE_FIRST_STEP + i), device)
+            (default_loss(model, batch) / n_batches).backward()
+
+    return grad_fn
+
+
+def _matrix_rms_tracker(opt: torch.optim.Optimizer):
+    """Update RMS of the trainable matrices, labelled by optimizer group (muon / adamw)."""
+    from muonft.diagnostics import UpdateRMSTracker
+
+    groups: dict[str, list[torch.Tensor]] = {"muon": [], "adamw": []}
+    for g in opt.param_groups:
+        groups["muon" if g.get("use_muon") else "adamw"] += [p for p in g["params"]
+                                                             if p.ndim >= 2]
+    return UpdateRMSTracker(groups)
+
+
+def step_update_rms(tracker, measured: dict[str, float]) -> dict[str, float]:
+    """One step's ``update_rms`` (pooled over every tracked matrix:
+    √(Σ_label n_label·rms_label² / Σ n_label), n = number of entries) and ``update_rms_<label>``
+    per optimizer group, from one :meth:`UpdateRMSTracker.measure` result."""
+    numel = {k: sum(p.numel() for p in v) for k, v in tracker.params.items()}
+    pooled = math.sqrt(sum(numel[k] * r * r for k, r in measured.items()) / sum(numel.values()))
+    return {"update_rms": pooled, **{f"update_rms_{k}": r for k, r in measured.items()}}
+
+
+def update_rms_metrics(tracker) -> dict[str, float]:
+    """The mean over the measured steps of each :func:`step_update_rms` value (0 without any).
+
+    Only the steps of this session are measured: a resumed run averages the steps after its
+    checkpoint (earlier steps' values are not stored in checkpoints), and so do its per-step
+    ``update_rms*`` curves.
+    """
+    rows = [step_update_rms(tracker, h) for _, h in tracker.history]
+    keys = ["update_rms", *(f"update_rms_{k}" for k in tracker.params)]
+    return {k: sum(r[k] for r in rows) / len(rows) if rows else 0.0 for k in keys}
+
+
+DIAG_CURVE_KEYS = ("stable_rank", "spectral_entropy", "l2_drift", "cosine_to_init")
+
+
+def diag_row(now: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
+             weight: dict | None = None, update: dict | None = None) -> dict[str, float]:
+    """Overall diagnostics at one step: ``DIAG_CURVE_KEYS`` of the weights, and stable rank and
+    spectral entropy of ΔW = W − W₀ (as ``update_stable_rank`` …)."""
+    from muonft.diagnostics import weight_diagnostics
+
+    w = (weight or weight_diagnostics(now, init))["overall"]
+    u = (update or weight_diagnostics(now, init, update=True))["overall"]
+    row = {k: float(w[k]) for k in DIAG_CURVE_KEYS}
+    row.update({f"update_{k}": float(u[k]) for k in ("stable_rank", "spectral_entropy")})
+    return row
+
+
+def diag_curves(rows: dict[str, dict[str, float]]) -> dict[str, list[list[float]]]:
+    """``{"diag_<metric>": [[step, value], …]}`` from rows keyed by step."""
+    curves: dict[str, list[list[float]]] = {}
+    for step in sorted(rows, key=int):
+        for k, v in rows[step].items():
+            curves.setdefault(f"diag_{k}", []).append([int(step), v])
+    return curves

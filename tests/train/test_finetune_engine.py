@@ -1,0 +1,301 @@
+"""The fine-tuning engine's options: LoRA-One, per-group update RMS, LoRA and periodic
+diagnostics, Muon options, and their CLI flags (issue 4)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from muonft.cli import main
+from muonft.errors import ConfigError
+from muonft.train import finetune as ft
+from muonft.train.finetune import default_spec, finetune
+from muonft.train.loop import TrainConfig, lr_multiplier
+from muonft.train.pretrain import build_optimizer
+
+LR = 1e-2
+
+
+def _spec(ft_env, **kw):
+    root, task = ft_env
+    return dict(init=str(root / "pt"), task=task, steps=4, batch_size=2, block_size=32,
+                eval_every=0, eval_batches=2, warmup=1, lr=LR) | kw
+
+
+# --- LoRA-One ---------------------------------------------------------------------------------
+def test_lora_one_gradient_batches_are_outside_the_training_stream():
+    asked = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, x, y):
+            return None, (self.w * x).sum()
+
+    def get_batch(step):
+        asked.append(step)
+        return torch.ones(2, 2), torch.zeros(2, 2)
+
+    model = Model()
+    ft.lora_one_grad_fn(get_batch)(model)
+    assert asked == [2**32 + i for i in range(ft.LORA_ONE_BATCHES)]
+    # Mean over the batches: the gradient of one batch's loss, not four times it.
+    assert torch.equal(model.w.grad, torch.ones(2, 2))
+
+
+def test_lora_one_run_init_has_spectral_norm_s_over_gamma(ft_env, tmp_path):
+    recs = [finetune(_spec(ft_env, method="lora", lora_variant="lora_one", steps=0),
+                     tmp_path / f"r{i}", progress=False) for i in range(2)]
+    lora = recs[0]["diagnostics_lora"]
+    s = 16.0 / math.sqrt(8)  # rsLoRA scaling of LoRA-One, α = 16, r = 8
+    assert set(lora) >= {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_in", "mlp_out"}
+    for group in lora.values():
+        assert set(group) == {"A", "B", "BA"}
+        assert group["BA"]["spectral_norm"] == pytest.approx(s / 64.0, rel=1e-4)
+        assert group["BA"]["stable_rank"] <= 8 + 1e-6
+    assert recs[1]["diagnostics_lora"] == lora  # the gradient batches are seeded
+    # The model at step 0 is W₀ + s·B₀A₀ (the study keeps the frozen weight), so it moved.
+    assert recs[0]["diagnostics"]["overall"]["l2_drift"] > 0
+
+
+def test_plain_lora_run_has_lora_diagnostics_and_full_run_none(ft_env, tmp_path):
+    rec = finetune(_spec(ft_env, method="lora", optimizer="adamw"), tmp_path / "l",
+                   progress=False)
+    doc = json.loads((tmp_path / "l" / "result.json").read_text())
+    assert doc["diagnostics_lora"] == rec["diagnostics_lora"]
+    assert rec["diagnostics_lora"]["overall"]["BA"]["stable_rank"] >= 1.0
+    assert "diagnostics_lora" not in finetune(_spec(ft_env, steps=0), tmp_path / "f",
+                                              progress=False)
+
+
+# --- per-group update RMS ---------------------------------------------------------------------
+def test_update_rms_per_group_matches_the_muon_scale_rule(ft_env, tmp_path):
+    rec = finetune(_spec(ft_env), tmp_path / "muon", progress=False)
+    m, c = rec["metrics"], rec["curves"]
+    # match_adamw_rms: an orthogonalized update of rank k has RMS 0.2·lr_t·√(k/min(m, n)), at
+    # most 0.2·lr_t (this corpus has a dozen words, so gradients are far from full rank).
+    cfg = TrainConfig(steps=4, warmup=1)
+    rows = zip(c["update_rms_muon"], c["update_rms_adamw"], c["update_rms"])
+    for (step, mu), (_, ad), (_, pooled) in rows:
+        assert 0 < mu <= 0.2 * LR * lr_multiplier(step - 1, cfg) * 1.02
+        assert min(mu, ad) <= pooled <= max(mu, ad)  # pooled over both groups
+    assert [s for s, _ in c["update_rms"]] == [1, 2, 3, 4]
+    for k in ("update_rms", "update_rms_muon", "update_rms_adamw"):
+        assert m[k] == pytest.approx(sum(v for _, v in c[k]) / 4)
+    a = finetune(_spec(ft_env, optimizer="adamw"), tmp_path / "adamw", progress=False)
+    assert "update_rms_muon" not in a["metrics"]
+    assert a["metrics"]["update_rms"] == pytest.approx(a["metrics"]["update_rms_adamw"])
+
+
+def test_resumed_run_averages_only_its_own_steps_and_keeps_diag_curves(ft_env, tmp_path,
+                                                                      monkeypatch):
+    real_train = ft.train
+
+    def killed_at_3(*args, on_step, **kw):
+        def hook(step, loss):
+            on_step(step, loss)
+            if step == 3:
+                raise RuntimeError("killed")
+        return real_train(*args, on_step=hook, **kw)
+
+    spec = _spec(ft_env, diag_every=2)
+    whole = finetune(spec, tmp_path / "whole", progress=False)["curves"]["update_rms_muon"]
+    monkeypatch.setattr(ft, "train", killed_at_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune(spec, tmp_path / "r", progress=False, checkpoint_every=2)
+    monkeypatch.setattr(ft, "train", real_train)
+    rec = finetune(spec, tmp_path / "r", progress=False, checkpoint_every=2)
+    assert rec["status"] == "done"
+    # Steps 3 and 4 were measured, exactly as in an uninterrupted run; the jump to the
+    # checkpoint's weights was not.
+    got = rec["curves"]["update_rms_muon"]
+    assert [s for s, _ in got] == [3, 4]
+    assert [v for _, v in got] == pytest.approx([v for _, v in whole[2:]], rel=1e-4)
+    assert rec["metrics"]["update_rms_muon"] == pytest.approx((whole[2][1] + whole[3][1]) / 2,
+                                                              rel=1e-4)
+    assert [s for s, _ in rec["curves"]["diag_l2_drift"]] == [2, 4]
+
+
+# --- periodic diagnostics -----------------------------------------------------------------------
+def test_diag_every_gives_curves_ending_at_the_final_diagnostics(ft_env, tmp_path):
+    rec = finetune(_spec(ft_env, diag_every=2, steps=6), tmp_path / "d", progress=False)
+    c = rec["curves"]
+    for k in ("diag_l2_drift", "diag_stable_rank", "diag_spectral_entropy",
+              "diag_cosine_to_init", "diag_update_stable_rank"):
+        assert [s for s, _ in c[k]] == [2, 4, 6]
+    drift = [v for _, v in c["diag_l2_drift"]]
+    assert drift[0] < drift[1] < drift[2]
+    assert drift[-1] == pytest.approx(rec["diagnostics"]["overall"]["l2_drift"])
+    assert c["diag_stable_rank"][-1][1] == pytest.approx(
+        rec["diagnostics"]["overall"]["stable_rank"])
+    assert not any(k.startswith("diag_") for k in finetune(
+        _spec(ft_env), tmp_path / "n", progress=False)["curves"])
+
+
+def test_diag_curves_land_in_the_store(ft_env, tmp_path):
+    from muonft.store import Store
+
+    rec = finetune(_spec(ft_env, diag_every=2), tmp_path / "d", progress=False)
+    store = Store(tmp_path / "store")
+    store.record_result(rec, run_id="r1")
+    got = store.curves(["r1"])
+    store.close()
+    assert sorted(got[got.name == "diag_l2_drift"].step) == [2, 4]
+
+
+# --- Muon options, LoRA options and the partition ------------------------------------------------
+def test_muon_options_reach_the_optimizer(ft_env):
+    root, _ = ft_env
+    spec = default_spec(**_spec(ft_env, orthogonalizer="exact_thin", ns_steps=3, momentum=0.9,
+                                nesterov=False, adamw_lr_ratio=0.25, scale="lora_balanced"))
+    model, _, _ = ft.load_pretrained(root / "pt")
+    opt = build_optimizer(model, "muon", spec["lr"], 0.0, **ft.muon_options(spec))
+    muon = [g for g in opt.param_groups if g["use_muon"]]
+    adamw = [g for g in opt.param_groups if not g["use_muon"]]
+    assert muon and adamw
+    for g in muon:
+        assert (g["orthogonalizer"], g["ns_steps"], g["momentum"], g["nesterov"], g["scale"],
+                g["lr"]) == ("exact_thin", 3, 0.9, False, "lora_balanced", LR)
+    assert all(g["lr"] == pytest.approx(0.25 * LR) for g in adamw)
+    assert ft.muon_options(default_spec(**_spec(ft_env, optimizer="adamw"))) == {}
+
+
+def test_adamw_lr_ratio_scales_only_the_adamw_groups(ft_env, tmp_path):
+    d = [finetune(_spec(ft_env, adamw_lr_ratio=r), tmp_path / str(r), progress=False)
+         ["diagnostics"] for r in (1.0, 0.01)]
+    # Adam's step is ~lr·sign-like, so the embedding's drift shrinks with its lr ...
+    assert d[1]["embedding"]["l2_drift"] < 0.05 * d[0]["embedding"]["l2_drift"]
+    # ... while the Muon matrices move as before (their update size is set by the scale rule).
+    assert d[1]["attn_q"]["l2_drift"] == pytest.approx(d[0]["attn_q"]["l2_drift"], rel=0.2)
+
+
+def test_lora_exact_thin_dropout_and_targets_run(ft_env, tmp_path):
+    rec = finetune(_spec(ft_env, method="lora", orthogonalizer="exact_thin", lora_dropout=0.1,
+                         lora_targets=("attn.q", "attn.v"), scale="lora_balanced"),
+                   tmp_path / "r", progress=False)
+    assert rec["status"] == "done"
+    assert rec["spec"]["lora_targets"] == ["attn.q", "attn.v"]
+    assert set(rec["diagnostics_lora"]) == {"attn_q", "attn_v", "overall"}
+    moved = {g for g, row in rec["diagnostics"].items() if row["l2_drift"] > 0}
+    assert moved == {"attn_q", "attn_v", "overall"}
+    # The stored spec (a list) matches a rerun's, so the finished run is returned.
+    again = finetune(_spec(ft_env, method="lora", orthogonalizer="exact_thin",
+                           lora_dropout=0.1, lora_targets=["attn.q", "attn.v"],
+                           scale="lora_balanced"), tmp_path / "r", progress=False)
+    assert again["resumed"] == "already finished"
+
+
+def test_muon_applies_to_exactly_the_adapter_factors(ft_env):
+    from muonft.adapters import LoRASpec, apply_lora, lora_factors
+
+    root, _ = ft_env
+    model, _, _ = ft.load_pretrained(root / "pt")
+    model = apply_lora(model, LoRASpec(rank=4))
+    opt = build_optimizer(model, "muon", LR, 0.0, **ft.muon_options(default_spec()))
+    factors = {id(t) for _, A, B, _ in lora_factors(model) for t in (A, B)}
+    in_muon = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    in_any = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_muon == factors == in_any
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    with torch.no_grad():
+        for _, _, B, _ in lora_factors(model):
+            B.normal_(std=0.1)
+    x = torch.randint(0, 300, (2, 16))
+    model(x, x)[1].backward()
+    opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_lora_balanced_needs_no_adapter_import():
+    code = ("import sys; from muonft.optim import Muon; import torch; "
+            "Muon([torch.nn.Parameter(torch.ones(2, 8))], scale='lora_balanced'); "
+            "assert 'muonft.adapters' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from muonft.adapters import lora_balanced_scale as old
+    from muonft.optim import lora_balanced_scale
+
+    assert old is lora_balanced_scale
+
+
+# --- specs, resume, errors -------------------------------------------------------------------
+def test_result_json_of_an_older_version_still_resumes(ft_env, tmp_path):
+    rec = finetune(_spec(ft_env, steps=0), tmp_path / "r", progress=False)
+    path = tmp_path / "r" / "result.json"
+    doc = json.loads(path.read_text())
+    for k in ("orthogonalizer", "ns_steps", "momentum", "nesterov", "adamw_lr_ratio",
+              "diag_every", "lora_dropout", "lora_targets"):
+        del doc["spec"][k]
+    path.write_text(json.dumps(doc))
+    again = finetune(_spec(ft_env, steps=0), tmp_path / "r", progress=False)
+    assert again["resumed"] == "already finished"
+    assert again["metrics"] == rec["metrics"]
+    with pytest.raises(ConfigError, match=r"differs in \['orthogonalizer'\]"):
+        finetune(_spec(ft_env, steps=0, orthogonalizer="ns5"), tmp_path / "r", progress=False)
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    (dict(method="lora", lora_rank=0), "rank must be a positive integer, got 0"),
+    (dict(method="lora", lora_variant="lora_two"), "unknown LoRA variant 'lora_two'"),
+    (dict(method="lora", lora_dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(orthogonalizer="qr"), "orthogonalizer must be one of ns5, polar_express"),
+    (dict(scale="huge"), "unknown scale rule 'huge'"),
+    (dict(ns_steps=0), "ns_steps must be a positive integer, got 0"),
+    (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+    (dict(adamw_lr_ratio=-1.0), "adamw_lr_ratio must be > 0"),
+    (dict(diag_every=-2), "diag_every must be an integer >= 0, got -2"),
+    (dict(block_size=0), "block_size must be a positive integer, got 0"),
+])
+def test_bad_spec_values(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        default_spec(**kw)
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    (dict(lora_rank=10_000), r"rank 10000 exceeds min\(in, out\) = 128"),
+    (dict(lora_targets=["attn.zz"]), "LoRA target 'attn.zz' matches no linear module"),
+])
+def test_bad_lora_settings_for_the_model(ft_env, tmp_path, kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        finetune(_spec(ft_env, method="lora", **kw), tmp_path / "r", progress=False)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--orthogonalizer", "qr"], "orthogonalizer must be one of"),
+    (["--scale", "huge"], "unknown scale rule 'huge'"),
+    (["--diag-every", "-1"], "diag_every must be an integer >= 0, got -1"),
+    (["--block-size", "0"], "block_size must be a positive integer, got 0"),
+    (["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    (["--eval-batches", "0"], "eval_batches must be a positive integer, got 0"),
+    (["--method", "lora", "--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["--method", "lora", "--variant", "lora_two"], "unknown LoRA variant 'lora_two'"),
+])
+def test_cli_bad_option_values(args, msg, tmp_path, capsys, tmp_cache):
+    assert main(["finetune", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+
+
+def test_cli_lora_one_with_muon_options(ft_env, tmp_path, capsys):
+    root, task = ft_env
+    out = tmp_path / "o"
+    assert main(["finetune", "--init", str(root / "pt"), "--task", task, "--method", "lora",
+                 "--variant", "lora_one", "--orthogonalizer", "exact_thin", "--scale",
+                 "lora_balanced", "--diag-every", "1", "--block-size", "32", "--batch-size",
+                 "2", "--eval-batches", "2", "--steps", "2", "--dropout", "0.05",
+                 "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["status"] == "done"
+    assert {k: doc["spec"][k] for k in ("lora_variant", "orthogonalizer", "scale",
+                                         "diag_every", "block_size", "batch_size",
+                                         "eval_batches", "lora_dropout")} == {
+        "lora_variant": "lora_one", "orthogonalizer": "exact_thin", "scale": "lora_balanced",
+        "diag_every": 1, "block_size": 32, "batch_size": 2, "eval_batches": 2,
+        "lora_dropout": 0.05}
+    assert [s for s, _ in doc["curves"]["diag_l2_drift"]] == [1, 2]
+    assert "diagnostics_lora" in doc
