@@ -114,10 +114,15 @@ def pretrain(
     batch_size: int = typer.Option(None, help="Sequences per step (default 16)."),
     checkpoint_every: int = typer.Option(100, help="Checkpoint every K steps."),
     corpus: str = typer.Option("kjv", help="Pretraining corpus (kjv or file:<path>)."),
+    tokenizer_corpus: str = typer.Option(None, help="Corpus the BPE tokenizer is trained on "
+                                         "(default kjv)."),
+    vocab_size: int = typer.Option(None, help="Tokenizer vocabulary size (default 4096)."),
+    block_size: int = typer.Option(None, help="Tokens per sequence (default 128)."),
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Pretrain a GPT with AdamW or Muon; rerunning with the same --out resumes."""
+    """Pretrain a GPT with AdamW or Muon; rerunning with the same --out resumes. Runs
+    unchanged under `torchrun --nproc-per-node N` (DDP; rank 0 writes)."""
     from muonft.train.pretrain import default_out, default_spec
     from muonft.train.pretrain import pretrain as run_pretrain
 
@@ -126,9 +131,13 @@ def pretrain(
     if tokens is not None and tokens <= 0:
         raise ValueError(f"--tokens must be > 0, got {tokens}")
     spec = default_spec(model=model, optimizer=optimizer, steps=steps, tokens=tokens, seed=seed,
-                        lr=lr, weight_decay=weight_decay, batch_size=batch_size, corpus=corpus)
+                        lr=lr, weight_decay=weight_decay, batch_size=batch_size, corpus=corpus,
+                        tokenizer_corpus=tokenizer_corpus, vocab_size=vocab_size,
+                        block_size=block_size)
     rec = run_pretrain(spec, out, threads=threads, progress=not quiet,
                        checkpoint_every=checkpoint_every)
+    if rec.get("rank", 0) != 0:  # under torchrun only rank 0 reports
+        return
     m = rec["metrics"]
     note = f" ({rec['resumed']})" if rec.get("resumed") else ""
     val = m.get("val_loss")

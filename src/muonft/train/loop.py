@@ -23,6 +23,7 @@ from torch import nn
 
 from muonft.errors import CheckpointError
 from muonft.train.checkpoint import load_checkpoint, save_checkpoint
+from muonft.train.distributed import is_main, mean_across_ranks
 
 SCHEDULES = ("constant", "cosine", "linear", "warmdown")
 # The TrainConfig fields that decide the LR at every step: a resumed run must agree on them.
@@ -287,7 +288,7 @@ def train(
             batch = to_device(get_batch(step), device)  # batches are made on the CPU
             t0 = time.perf_counter()
             loss = loss_fn(model, batch)
-            lv = float(loss.detach())
+            lv = mean_across_ranks(float(loss.detach()))  # all ranks take the same decisions
             if rs.first_loss is None:
                 rs.first_loss = lv
             if not math.isfinite(lv) or lv > cfg.diverge_factor * max(rs.first_loss, 1e-8):
@@ -369,6 +370,8 @@ def _evaluate(model: nn.Module, eval_fn: EvalFn, rs: RunState, cfg: TrainConfig,
 
 def _save(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rs: RunState,
           cfg: TrainConfig, spec: dict[str, Any] | None) -> None:
+    if not is_main():  # under DDP every rank holds the same state; rank 0 writes it
+        return
     run = asdict(rs)
     run.pop("step")
     state = {"format": 2, "optimizer": optimizer.state_dict(), "rng": _rng_state(),

@@ -24,7 +24,7 @@ import torch
 from muonft.atomic import atomic_write_json
 from muonft.errors import CheckpointError, ConfigError
 from muonft.train.checkpoint import save_weights
-from muonft.train.loop import TrainConfig, resolve_device, train
+from muonft.train.loop import TrainConfig, default_loss, train
 
 OPTIMIZERS = ("adamw", "muon")
 # Per-optimizer defaults, chosen by the LR sweep recorded in the README.
@@ -197,19 +197,40 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
             (out / "model.safetensors").exists():
         prev["resumed"] = "already finished"
         return prev
+    from muonft.train import distributed as dd
+
+    ctx = dd.setup(device)
+    dd.check_batch(spec["batch_size"], ctx)
     tok = get_tokenizer(spec["vocab_size"], corpus=spec["tokenizer_corpus"])
     splits = load_lm_splits(spec["corpus"], tok)
     torch.manual_seed(spec["seed"])
-    model = build_gpt(spec["model"], vocab_size=tok.vocab_size).to(resolve_device(device))
+    model = build_gpt(spec["model"], vocab_size=tok.vocab_size).to(ctx.device)
     opt = build_optimizer(model, spec["optimizer"], spec["lr"], spec["weight_decay"])
     batcher = LMBatcher(splits.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     cfg = TrainConfig(steps=spec["steps"], schedule=spec["schedule"], warmup=spec["warmup"],
                       grad_clip=spec["grad_clip"], eval_every=spec["eval_every"],
-                      checkpoint_every=checkpoint_every, threads=threads, progress=progress,
+                      checkpoint_every=checkpoint_every, threads=threads,
+                      progress=progress and ctx.main,
                       description=f"pretrain {spec['model']} {spec['optimizer']}")
-    atomic_write_json(out / "run.json", {"spec": spec, "status": "running"})
-    result = train(model, opt, batcher.get, cfg, ckpt_dir=out / "ckpt", spec=spec,
-                   eval_fn=lm_eval_fn(splits.val, spec["block_size"], 32, spec["eval_batches"]))
+    loss_fn = default_loss
+    if ctx.world > 1:  # DDP all-reduces gradients; the loop keeps the plain module's names
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+
+        def loss_fn(_m, batch):
+            return default_loss(ddp, batch)
+    if ctx.main:
+        atomic_write_json(out / "run.json", {"spec": spec, "status": "running"})
+    try:
+        result = train(model, opt, dd.shard(batcher.get, ctx), cfg, ckpt_dir=out / "ckpt",
+                       spec=spec, loss_fn=loss_fn,
+                       eval_fn=lm_eval_fn(splits.val, spec["block_size"], 32,
+                                          spec["eval_batches"]))
+    except BaseException:
+        dd.teardown(ctx, wait=False)
+        raise
+    if not ctx.main:
+        dd.teardown(ctx)
+        return {"spec": spec, "status": result["status"], "metrics": {}, "rank": ctx.rank}
     # Weights and config first, run.json last: a run.json saying "done" implies both exist.
     save_weights(model.state_dict(), out / "model.safetensors")
     atomic_write_json(out / "config.json", {
@@ -224,4 +245,5 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
               "versions": {"torch": torch.__version__, "python": platform.python_version()},
               "error": None}
     atomic_write_json(out / "run.json", record)
+    dd.teardown(ctx)
     return record
