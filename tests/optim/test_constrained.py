@@ -377,3 +377,39 @@ def test_joint_lora_save_load_continue_is_bit_identical():
     assert any(g["lora_pairs"] for g in sd["param_groups"])
     assert all(isinstance(i, int) for g in sd["param_groups"] for pr in g["lora_pairs"]
                for i in pr)
+
+
+@pytest.mark.parametrize("options", [{"update_rank": 1}, {"update_rank": 4},
+                                     {"max_drift": 0.5}])
+def test_constrained_options_still_fit_a_regression(options):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 8))
+    X = torch.randn(256, 16)
+    Y = X @ torch.randn(16, 8) / 4
+    opt = Muon(muon_param_groups(model), lr=0.02, adamw_lr=3e-3, **options)
+    first = None
+    for _ in range(150):
+        loss = (model(X) - Y).square().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first
+
+
+def test_joint_lora_reduces_the_loss():
+    model = _lora_model()
+    from muonft.adapters import lora_pairs
+
+    opt = Muon(muon_param_groups(model), lr=0.02, lora_muon="joint",
+               lora_pairs=lora_pairs(model))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)) * 0.1
+    losses = []
+    for _ in range(60):
+        loss = (model(x) - target).square().mean()
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0]

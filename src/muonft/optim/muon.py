@@ -283,7 +283,8 @@ class Muon(torch.optim.Optimizer):
         max_drift: None or ρ > 0: after each step project every matrix of the group back onto
             ‖W − W₀‖_F ≤ ρ‖W₀‖_F, W₀ being its value before its first step (kept in state as
             ``drift_anchor``, one copy of the weights). ``inf`` is plain Muon, bit for bit.
-            How often it binds: :meth:`constraint_stats`. Ignored by AdamW groups.
+            How often it binds: :meth:`constraint_stats`. Ignored by AdamW groups. Meant for
+            full weights: a matrix whose W₀ is zero (LoRA's B at init) stays pinned at zero.
         lora_muon: ``"independent"`` (default: A and B are orthogonalized as two matrices) or
             ``"joint"``: each LoRA pair in ``lora_pairs`` is stepped so that the induced
             ΔW = B·dA + dB·A is orthogonalized with spectral norm lr·scale(out, in) (see
