@@ -8,9 +8,21 @@ task with the shared loop (checkpoints in ``out/ckpt``, resume on rerun) and wri
 - ``metrics``: ``target`` (validation loss on the target corpus), ``zero_shot`` (the same before
   fine-tuning), ``relative_ppl`` = exp(target − zero_shot), ``test`` (held-out loss on the
   target corpus), ``forgetting`` = held-out loss on the *pretraining* corpus after − before,
-  ``update_rms`` (mean RMS of the per-step weight change of trainable matrices);
+  ``update_rms`` (mean RMS of the per-step weight change of trainable matrices) and
+  ``update_rms_muon`` / ``update_rms_adamw`` per optimizer group (see
+  :func:`update_rms_metrics`);
 - ``diagnostics`` / ``diagnostics_update``: per layer group, of the (merged) weights and of
-  ΔW = W − W₀ (stable rank, spectral entropy, σ₁, max-norm; drift and cosine to W₀).
+  ΔW = W − W₀ (stable rank, spectral entropy, σ₁, max-norm; drift and cosine to W₀);
+  ``diagnostics_lora`` (LoRA runs): per group, of the factors A, B and of s·BA;
+- ``curves``: the loop's ``train_loss`` / ``val_loss``, per-step ``update_rms*``, and with
+  ``diag_every`` = N > 0 the overall diagnostics every N steps and at the end
+  (``diag_l2_drift``, ``diag_stable_rank``, ``diag_update_stable_rank``, …; see
+  :func:`diag_row`).
+
+Muon runs take ``orthogonalizer`` (``exact_thin`` suits LoRA factors), ``ns_steps``,
+``momentum``, ``nesterov``, ``scale`` and ``adamw_lr_ratio`` (AdamW groups at lr · ratio); LoRA
+runs take ``lora_rank``, ``lora_alpha``, ``lora_variant`` (``lora_one`` gets its gradient
+from :func:`lora_one_grad_fn`), ``lora_dropout`` and ``lora_targets``.
 
 Only LM tasks (``lm:<corpus>``) on in-house GPT checkpoints are supported so far; HF models and
 classification tasks are added by the real-model work.
