@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from muonft.optim import Muon, muon_param_groups, update_scale
@@ -357,11 +359,11 @@ def test_constrained_save_load_continue_is_bit_identical(options, dtype):
     group = next(g for g in sd["param_groups"] if g["use_muon"])
     for k, v in options.items():
         assert group[k] == v
-    for st in opt2.state.values():
-        if "drift_binds" in st:
-            assert st["drift_binds"].dtype == torch.int64
-        if "lowrank_basis" in st:
-            assert st["lowrank_basis"].dtype == torch.float32
+    for state in opt2.state.values():
+        if "drift_binds" in state:
+            assert state["drift_binds"].dtype == torch.int64
+        if "lowrank_basis" in state:
+            assert state["lowrank_basis"].dtype == torch.float32
     assert opt.constraint_stats() == opt2.constraint_stats()
 
 
@@ -413,3 +415,22 @@ def test_joint_lora_reduces_the_loss():
         loss.backward()
         opt.step()
     assert losses[-1] < 0.8 * losses[0]
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(2, 24), n=st.integers(2, 24), r=st.integers(1, 6),
+       nesterov=st.booleans(), seed=st.integers(0, 100))
+def test_low_rank_step_is_a_rank_r_partial_isometry(m, n, r, nesterov, seed):
+    W = torch.zeros(m, n, dtype=torch.float64, requires_grad=True)
+    # r >= min(m, n) takes the plain path: make it exact too
+    opt = Muon([W], lr=1.0, update_rank=r, scale="none", nesterov=nesterov,
+               orthogonalizer="svd")
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        before = W.detach().clone()
+        W.grad = torch.randn(m, n, generator=gen, dtype=torch.float64)
+        opt.step()
+    s = torch.linalg.svdvals(W.detach() - before)
+    k = min(r, m, n)
+    torch.testing.assert_close(s[:k], torch.ones(k, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert (s[k:] < 1e-6).all()
