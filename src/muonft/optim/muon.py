@@ -293,6 +293,12 @@ class Muon(torch.optim.Optimizer):
             :func:`muonft.adapters.lora_pairs`; each pair goes to the group holding both
             tensors (a group dict may also carry its own ``lora_pairs``). Stored per group as
             index pairs into the group's ``params``, so they survive ``state_dict``.
+        distributed: under an initialised ``torch.distributed`` group of W > 1 ranks (DDP:
+            every rank holds the same gradients), split the plain-Muon orthogonalization
+            across ranks — each matrix is orthogonalized by one owner rank and one
+            ``all_gather`` shares the results (:mod:`muonft.optim.distributed`), so per-rank
+            work falls to ≈ 1/W. Every rank must call ``step()`` (it is a collective).
+            ``orthogonalized_here`` counts the matrices this process orthogonalized.
     """
 
     def __init__(
@@ -314,7 +320,10 @@ class Muon(torch.optim.Optimizer):
         max_drift: float | None = None,
         lora_muon: str = "independent",
         lora_pairs: Iterable[tuple[Tensor, Tensor]] | None = None,
+        distributed: bool = True,
     ) -> None:
+        self.distributed = bool(distributed)
+        self.orthogonalized_here = 0
         params = list(params)
         if not params:
             raise ValueError("Muon got an empty parameter list")
@@ -453,7 +462,7 @@ class Muon(torch.optim.Optimizer):
         scales = [update_scale(group["scale"], tuple(as_matrix(p).shape)) for p in params]
         if not low and not pairs:  # plain Muon: exactly the original pipeline
             directions = momentum_update(bufs, grads, *mom)
-            updates = orthogonalize_batched(directions, *ortho)
+            updates = self._orthogonalize(directions, ortho)
         else:
             lowset = set(low)
             rest = [i for i in range(len(params)) if i not in lowset]
@@ -466,7 +475,7 @@ class Muon(torch.optim.Optimizer):
             plain = [i for i in rest if i not in paired]
             if plain:
                 for i, u in zip(plain,
-                                orthogonalize_batched([directions[i] for i in plain], *ortho)):
+                                self._orthogonalize([directions[i] for i in plain], ortho)):
                     updates[i] = u
             if pairs:
                 updates_joint = joint_lora_update_batched(params, directions, pairs)
@@ -485,6 +494,19 @@ class Muon(torch.optim.Optimizer):
             project_to_drift_ball(params, [st["drift_anchor"] for st in sts],
                                   [drift * st["drift_anchor_norm"] for st in sts],
                                   [st["drift_binds"] for st in sts])
+
+    def _orthogonalize(self, directions: list[Tensor], ortho: tuple) -> list[Tensor]:
+        """Batched orthogonalization, split across ranks when ``distributed`` applies."""
+        def local(ds: list[Tensor]) -> list[Tensor]:
+            self.orthogonalized_here += len(ds)
+            return orthogonalize_batched(ds, *ortho)
+
+        if self.distributed:
+            from muonft.optim.distributed import distributed_orthogonalize, world
+
+            if world()[1] > 1:
+                return distributed_orthogonalize(directions, local)
+        return local(directions)
 
     def _low_rank_updates(self, group: dict[str, Any], gi: int, params: list[Tensor],
                           grads: list[Tensor], bufs: list[Tensor], low: list[int],
