@@ -117,3 +117,24 @@ def test_with_overrides_keeps_the_rest():
     q = get_preset("quick")
     small = with_overrides(q, seeds=(0,))
     assert small.seeds == (0,) and small.lrs == q.lrs and q.seeds != (0,)
+
+
+def test_hf_family_preset_fine_tunes_given_models_without_pretraining():
+    from muonft.experiments.aggregate import pretrained_with
+
+    p = Preset(name="hf-test", description="t", family="hf", inits={"adamw": "minilm"},
+               finetune={"task": "rt-sentiment", "steps": 5},
+               lrs={"adamw/full": [1e-5, 3e-5, 1e-4], "muon/full": [1e-5, 3e-5, 1e-4],
+                    "adamw/lora": [1e-4, 3e-4, 1e-3], "muon/lora": [1e-4, 3e-4, 1e-3]},
+               seeds=(0, 1), ranks=(2,), rank_pretrained=("adamw", "muon"))
+    assert p.corpora() == ["rt"] and p.init_names() == {"adamw": "minilm"}
+    sweeps = [parse_sweep_spec(s, "t") for s in sweep_specs(p)]
+    cells = {(r.init, r.optimizer, r.method) for r in expand(sweeps[0])}
+    assert cells == {("minilm", o, m) for o in ("adamw", "muon") for m in ("full", "lora")}
+    assert {r.init for r in expand(sweeps[1])} == {"minilm"}  # no Muon-pretrained MiniLM
+    assert pretrained_with("minilm") == "adamw" and pretrained_with("hf:org/llama") == "adamw"
+    assert pretrained_with("hf:moonshotai/Moonlight-16B") == "muon"
+    with pytest.raises(ValueError, match="needs inits"):
+        from muonft.experiments.reproduce import register_preset
+
+        register_preset(Preset(name="bad", description="", family="hf"))

@@ -31,7 +31,8 @@ LABEL_FIELDS = ("init", "task", "optimizer", "method", "lora.rank", "lora.varian
 def pretrained_with(init: str) -> str:
     """The pretraining optimizer of an ``init``: ``spec.optimizer`` of its ``run.json`` when it
     is a ``muonft pretrain`` output (a path, or a checkpoint name in the cache), else what its
-    name tells (``…muon…`` → ``muon``, ``…adam…`` → ``adamw``), else the init itself."""
+    name tells (``…muon…`` → ``muon``, ``…adam…`` → ``adamw``; HF sources and ``hf:`` models
+    → ``adamw`` unless named Muon/Moonlight), else the init itself."""
     for d in (Path(str(init)).expanduser(), _cache_checkpoints() / str(init)):
         try:
             opt = json.loads((d / "run.json").read_text())["spec"]["optimizer"]
@@ -40,6 +41,11 @@ def pretrained_with(init: str) -> str:
         if opt in ("adamw", "muon"):
             return opt
     low = str(init).lower()
+    from muonft.models.hf import MODEL_SOURCES
+
+    if str(init) in MODEL_SOURCES or low.startswith("hf:"):
+        # third-party checkpoints: AdamW-pretrained unless the name says Muon (Moonlight)
+        return "muon" if "muon" in low or "moonlight" in low else "adamw"
     if "muon" in low:
         return "muon"
     if "adam" in low:

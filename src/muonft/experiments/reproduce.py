@@ -49,6 +49,8 @@ class Preset:
 
     name: str
     description: str
+    family: str = "gpt"
+    inits: dict[str, str] = field(default_factory=dict)
     model: str = "tiny"
     pretrain_steps: int = DEFAULT_PRETRAIN_STEPS
     pretrain_batch_size: int = 16
@@ -98,10 +100,19 @@ class Preset:
 
     def corpora(self) -> list[str]:
         """Named corpora (not ``file:``) this preset reads: pretraining, tokenizer, task."""
-        spec = self.pretrain_spec("adamw")
         task = str(self.finetune.get("task", "lm:rt"))
-        names = [spec["corpus"], spec["tokenizer_corpus"], task.removeprefix("lm:")]
-        return list(dict.fromkeys(n for n in names if not n.startswith("file:")))
+        names = ["rt" if task == "rt-sentiment" else task.removeprefix("lm:")]
+        if self.family == "gpt":
+            spec = self.pretrain_spec("adamw")
+            names = [spec["corpus"], spec["tokenizer_corpus"], *names]
+        return list(dict.fromkeys(n for n in names if ":" not in n))
+
+    def init_names(self) -> dict[str, str]:
+        """Pretraining optimizer → init of the models this preset fine-tunes: its own
+        pretrained GPTs, or the given third-party checkpoints (``inits``)."""
+        if self.inits:
+            return dict(self.inits)
+        return {opt: self.checkpoint_name(opt) for opt in ("adamw", "muon")}
 
 
 _QUICK_FT = {"task": "lm:rt", "steps": 30, "batch_size": 16, "block_size": 64, "warmup": 3,
@@ -114,11 +125,20 @@ _GPU_FT = {"task": "lm:rt", "steps": 600, "batch_size": 32, "block_size": 256, "
 PRESETS: dict[str, Preset] = {}
 
 
+def _check_family(p: Preset) -> None:
+    if p.family not in ("gpt", "hf"):
+        raise ValueError(f"preset family must be gpt or hf, got {p.family!r}")
+    if p.family == "hf" and not p.inits:
+        raise ValueError(f"preset {p.name!r}: an hf preset needs inits "
+                         f"(pretraining optimizer → model)")
+
+
 def register_preset(preset: Preset) -> None:
     """Make ``muonft reproduce --preset NAME`` available (replaces a preset of that name)."""
     if not preset.name.replace("-", "").isalnum():
         raise ValueError(f"preset name must be alphanumeric (dashes allowed), got "
                          f"{preset.name!r}")
+    _check_family(preset)
     PRESETS[preset.name] = preset
 
 
@@ -163,7 +183,7 @@ def get_preset(name: str) -> Preset:
 
 def sweep_specs(preset: Preset) -> list[dict[str, Any]]:
     """The preset's sweeps as plain mappings (what ``muonft sweep`` reads from YAML)."""
-    inits = {opt: preset.checkpoint_name(opt) for opt in ("adamw", "muon")}
+    inits = preset.init_names()
     base = {**preset.finetune, "lora": {"rank": preset.lora_rank, "alpha": preset.lora_alpha}}
     adaptive = {"enabled": preset.max_extensions > 0,
                 "max_extensions": preset.max_extensions}
@@ -171,14 +191,14 @@ def sweep_specs(preset: Preset) -> list[dict[str, Any]]:
     lora_lrs = {k: v for k, v in preset.lrs.items() if k.endswith("/lora")}
     out = [{
         "name": f"{preset.name}-mismatch", "base": base, "seeds": seeds, "adaptive": adaptive,
-        "grid": {"init": [inits["adamw"], inits["muon"]], "optimizer": ["adamw", "muon"],
+        "grid": {"init": list(inits.values()), "optimizer": ["adamw", "muon"],
                  "method": ["full", "lora"], "lr": dict(preset.lrs)},
     }]
     if preset.ranks:
         out.append({
             "name": f"{preset.name}-rank", "base": {**base, "method": "lora"}, "seeds": seeds,
             "adaptive": adaptive,
-            "grid": {"init": [inits[p] for p in preset.rank_pretrained],
+            "grid": {"init": [inits[p] for p in preset.rank_pretrained if p in inits],
                      "optimizer": ["adamw", "muon"], "lora.rank": list(preset.ranks),
                      "lr": lora_lrs},
         })
@@ -186,7 +206,8 @@ def sweep_specs(preset: Preset) -> list[dict[str, Any]]:
         out.append({
             "name": f"{preset.name}-variants", "base": {**base, "method": "lora"},
             "seeds": seeds, "adaptive": adaptive,
-            "grid": {"init": [inits["adamw"]], "optimizer": list(preset.variant_optimizers),
+            "grid": {"init": [inits.get("adamw", next(iter(inits.values())))],
+                     "optimizer": list(preset.variant_optimizers),
                      "lora.variant": list(preset.variants), "lr": lora_lrs},
         })
     return out
@@ -293,17 +314,29 @@ def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
     for name in p.corpora():
         if not corpus_path(name).exists():
             fetch(name, progress=lambda m: log(f"  {m}"))
-    pspec = p.pretrain_spec("adamw")
-    tok = get_tokenizer(pspec["vocab_size"], corpus=pspec["tokenizer_corpus"])
-    for corpus in (pspec["corpus"], str(p.finetune.get("task", "lm:rt")).removeprefix("lm:")):
-        load_lm_splits(corpus, tok)
+    if p.family == "gpt":
+        pspec = p.pretrain_spec("adamw")
+        tok = get_tokenizer(pspec["vocab_size"], corpus=pspec["tokenizer_corpus"])
+        task = str(p.finetune.get("task", "lm:rt"))
+        for corpus in (pspec["corpus"], task.removeprefix("lm:")):
+            load_lm_splits(corpus, tok)
+    else:
+        from muonft.models.hf import MODEL_SOURCES, fetch_model
+
+        for init in p.init_names().values():
+            if init in MODEL_SOURCES:
+                res.checkpoints[init] = fetch_model(init, progress=lambda m: log(f"  {m}"))
     res.stages["data"] = time.perf_counter() - t0
     log(f"[1/5] data ready ({res.stages['data']:.0f} s)")
 
     t0 = time.perf_counter()
-    res.checkpoints = pretrain_stage(p, workers=max(1, w), log=log)
+    if p.family == "gpt":
+        res.checkpoints = pretrain_stage(p, workers=max(1, w), log=log)
+        log(f"[2/5] pretrained models ready ({time.perf_counter() - t0:.0f} s)")
+    else:
+        log(f"[2/5] no pretraining: fine-tuning {', '.join(p.init_names().values())} "
+            f"(pretrained by their authors)")
     res.stages["pretrain"] = time.perf_counter() - t0
-    log(f"[2/5] pretrained models ready ({res.stages['pretrain']:.0f} s)")
 
     t0 = time.perf_counter()
     for s in specs:
