@@ -55,7 +55,8 @@ def general_corpus(tiny, monkeypatch, tmp_cache):
 def test_dispatch_and_spec_defaults(tiny):
     s = default_spec(init="minilm", task="rt-sentiment", optimizer="muon", method="lora")
     assert s["lr"] == finetune_hf.DEFAULT_LR[("muon", "lora")] and s["batch_size"] == 32
-    assert default_spec(init="smollm2")["task"] == "lm:rt"
+    lm = default_spec(init="smollm2")
+    assert lm["task"] == "lm:rt" and (lm["batch_size"], lm["block_size"]) == (8, 128)
     assert default_spec()["init"] == "gpt-tiny-adamw-s0"  # the GPT recipe is unchanged
     with pytest.raises(ConfigError, match="encoder"):
         default_spec(init="minilm", task="lm:kjv")

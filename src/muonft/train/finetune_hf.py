@@ -50,6 +50,7 @@ from muonft.errors import ConfigError
 # Defaults that differ from the GPT recipe's: pretrained transformers want small LRs.
 HF_DEFAULTS: dict[str, Any] = {"batch_size": 32, "block_size": 64, "steps": 200, "warmup": 20,
                                "eval_every": 50, "eval_batches": 10}
+LM_DEFAULTS: dict[str, Any] = {"batch_size": 8, "block_size": 128}
 DEFAULT_LR = {("adamw", "full"): 5e-5, ("muon", "full"): 5e-5,
               ("adamw", "lora"): 1e-3, ("muon", "lora"): 1e-3}
 N_PROBE = 256  # held-out sentences for the embedding-drift probe
@@ -90,6 +91,8 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
     spec.update(overrides)
     if spec["init"] == "smollm2" and "task" not in overrides:
         spec["task"] = "lm:rt"
+    if str(spec["task"]).startswith("lm:"):  # windows of a token stream, not sentences
+        spec.update({k: v for k, v in LM_DEFAULTS.items() if k not in overrides})
     if not is_hf_init(spec["init"]):
         raise ConfigError(f"task {spec['task']!r} needs an HF model init ("
                           f"{', '.join(MODEL_SOURCES)} or hf:<path-or-id>), got {spec['init']!r}")
