@@ -19,6 +19,13 @@ from muonft.train.pretrain import build_optimizer
 LR = 1e-2
 
 
+@pytest.fixture(scope="module")
+def muon_run(ft_env, tmp_path_factory):
+    """One full Muon run of 4 steps with diagnostics every 2 steps, shared by several tests."""
+    return finetune(_spec(ft_env, diag_every=2), tmp_path_factory.mktemp("muon_run"),
+                    progress=False)
+
+
 def _spec(ft_env, **kw):
     root, task = ft_env
     return dict(init=str(root / "pt"), task=task, steps=4, batch_size=2, block_size=32,
@@ -49,34 +56,31 @@ def test_lora_one_gradient_batches_are_outside_the_training_stream():
 
 
 def test_lora_one_run_init_has_spectral_norm_s_over_gamma(ft_env, tmp_path):
-    recs = [finetune(_spec(ft_env, method="lora", lora_variant="lora_one", steps=0),
-                     tmp_path / f"r{i}", progress=False) for i in range(2)]
-    lora = recs[0]["diagnostics_lora"]
+    rec = finetune(_spec(ft_env, method="lora", lora_variant="lora_one", steps=0),
+                   tmp_path / "r", progress=False)
+    lora = rec["diagnostics_lora"]
     s = 16.0 / math.sqrt(8)  # rsLoRA scaling of LoRA-One, α = 16, r = 8
     assert set(lora) >= {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_in", "mlp_out"}
     for group in lora.values():
         assert set(group) == {"A", "B", "BA"}
         assert group["BA"]["spectral_norm"] == pytest.approx(s / 64.0, rel=1e-4)
         assert group["BA"]["stable_rank"] <= 8 + 1e-6
-    assert recs[1]["diagnostics_lora"] == lora  # the gradient batches are seeded
     # The model at step 0 is W₀ + s·B₀A₀ (the study keeps the frozen weight), so it moved.
-    assert recs[0]["diagnostics"]["overall"]["l2_drift"] > 0
+    assert rec["diagnostics"]["overall"]["l2_drift"] > 0
 
 
-def test_plain_lora_run_has_lora_diagnostics_and_full_run_none(ft_env, tmp_path):
+def test_plain_lora_run_has_lora_diagnostics_and_full_run_none(ft_env, tmp_path, muon_run):
     rec = finetune(_spec(ft_env, method="lora", optimizer="adamw"), tmp_path / "l",
                    progress=False)
     doc = json.loads((tmp_path / "l" / "result.json").read_text())
     assert doc["diagnostics_lora"] == rec["diagnostics_lora"]
     assert rec["diagnostics_lora"]["overall"]["BA"]["stable_rank"] >= 1.0
-    assert "diagnostics_lora" not in finetune(_spec(ft_env, steps=0), tmp_path / "f",
-                                              progress=False)
+    assert "diagnostics_lora" not in muon_run
 
 
 # --- per-group update RMS ---------------------------------------------------------------------
-def test_update_rms_per_group_matches_the_muon_scale_rule(ft_env, tmp_path):
-    rec = finetune(_spec(ft_env), tmp_path / "muon", progress=False)
-    m, c = rec["metrics"], rec["curves"]
+def test_update_rms_per_group_matches_the_muon_scale_rule(ft_env, tmp_path, muon_run):
+    m, c = muon_run["metrics"], muon_run["curves"]
     # match_adamw_rms: an orthogonalized update of rank k has RMS 0.2·lr_t·√(k/min(m, n)), at
     # most 0.2·lr_t (this corpus has a dozen words, so gradients are far from full rank).
     cfg = TrainConfig(steps=4, warmup=1)
@@ -93,7 +97,7 @@ def test_update_rms_per_group_matches_the_muon_scale_rule(ft_env, tmp_path):
 
 
 def test_resumed_run_averages_only_its_own_steps_and_keeps_diag_curves(ft_env, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch, muon_run):
     real_train = ft.train
 
     def killed_at_3(*args, on_step, **kw):
@@ -104,7 +108,7 @@ def test_resumed_run_averages_only_its_own_steps_and_keeps_diag_curves(ft_env, t
         return real_train(*args, on_step=hook, **kw)
 
     spec = _spec(ft_env, diag_every=2)
-    whole = finetune(spec, tmp_path / "whole", progress=False)["curves"]["update_rms_muon"]
+    whole = muon_run["curves"]["update_rms_muon"]
     monkeypatch.setattr(ft, "train", killed_at_3)
     with pytest.raises(RuntimeError, match="killed"):
         finetune(spec, tmp_path / "r", progress=False, checkpoint_every=2)
@@ -122,25 +126,25 @@ def test_resumed_run_averages_only_its_own_steps_and_keeps_diag_curves(ft_env, t
 
 
 # --- periodic diagnostics -----------------------------------------------------------------------
-def test_diag_every_gives_curves_ending_at_the_final_diagnostics(ft_env, tmp_path):
-    rec = finetune(_spec(ft_env, diag_every=2, steps=6), tmp_path / "d", progress=False)
+def test_diag_every_gives_curves_ending_at_the_final_diagnostics(muon_run, ft_env, tmp_path):
+    rec = muon_run
     c = rec["curves"]
     for k in ("diag_l2_drift", "diag_stable_rank", "diag_spectral_entropy",
               "diag_cosine_to_init", "diag_update_stable_rank"):
-        assert [s for s, _ in c[k]] == [2, 4, 6]
+        assert [s for s, _ in c[k]] == [2, 4]
     drift = [v for _, v in c["diag_l2_drift"]]
-    assert drift[0] < drift[1] < drift[2]
+    assert 0 < drift[0] < drift[1]
     assert drift[-1] == pytest.approx(rec["diagnostics"]["overall"]["l2_drift"])
     assert c["diag_stable_rank"][-1][1] == pytest.approx(
         rec["diagnostics"]["overall"]["stable_rank"])
     assert not any(k.startswith("diag_") for k in finetune(
-        _spec(ft_env), tmp_path / "n", progress=False)["curves"])
+        _spec(ft_env, steps=0), tmp_path / "n", progress=False)["curves"])
 
 
-def test_diag_curves_land_in_the_store(ft_env, tmp_path):
+def test_diag_curves_land_in_the_store(muon_run, tmp_path):
     from muonft.store import Store
 
-    rec = finetune(_spec(ft_env, diag_every=2), tmp_path / "d", progress=False)
+    rec = muon_run
     store = Store(tmp_path / "store")
     store.record_result(rec, run_id="r1")
     got = store.curves(["r1"])
@@ -165,9 +169,9 @@ def test_muon_options_reach_the_optimizer(ft_env):
     assert ft.muon_options(default_spec(**_spec(ft_env, optimizer="adamw"))) == {}
 
 
-def test_adamw_lr_ratio_scales_only_the_adamw_groups(ft_env, tmp_path):
-    d = [finetune(_spec(ft_env, adamw_lr_ratio=r), tmp_path / str(r), progress=False)
-         ["diagnostics"] for r in (1.0, 0.01)]
+def test_adamw_lr_ratio_scales_only_the_adamw_groups(ft_env, tmp_path, muon_run):
+    d = [muon_run["diagnostics"], finetune(_spec(ft_env, adamw_lr_ratio=0.01), tmp_path / "r",
+                                           progress=False)["diagnostics"]]
     # Adam's step is ~lr·sign-like, so the embedding's drift shrinks with its lr ...
     assert d[1]["embedding"]["l2_drift"] < 0.05 * d[0]["embedding"]["l2_drift"]
     # ... while the Muon matrices move as before (their update size is set by the scale rule).

@@ -204,6 +204,10 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         torch.set_num_threads(threads)
     init_dir = resolve_init(spec["init"])
     model, tok, cfg = load_pretrained(init_dir)
+    if spec["method"] == "lora":  # bad targets or rank fail before any data or evaluation
+        from muonft.adapters import resolve_targets
+
+        resolve_targets(model, _lora_spec(spec))
     target = load_lm_splits(spec["task"][3:], tok)
     pre = load_lm_splits(cfg.get("pretrain_corpus", "kjv"), tok)
     init_state = {n: p.detach().clone() for n, p in model.named_parameters()}
