@@ -54,6 +54,12 @@ def finetune(
     batch_size: int = typer.Option(None, help="Sequences per step (default 16)."),
     eval_batches: int = typer.Option(None, help="Batches per evaluation (default 10)."),
     weight_decay: float = typer.Option(None, help="Decoupled weight decay (default 0)."),
+    update_rank: int = typer.Option(None, help="Muon: each step moves a matrix by the rank-r "
+                                    "orthogonalized momentum (error feedback; full FT)."),
+    max_drift: float = typer.Option(None, help="Muon: keep ||W - W0||_F <= rho ||W0||_F per "
+                                    "matrix (full FT; binds counted in the metrics)."),
+    lora_muon: str = typer.Option(None, help="Muon with LoRA: independent (default) or joint "
+                                  "(A, B stepped so the change of BA is orthogonalized)."),
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -67,7 +73,8 @@ def finetune(
                         steps=steps, seed=seed, lora_rank=rank, lora_alpha=alpha,
                         lora_variant=variant, lora_dropout=dropout, weight_decay=weight_decay,
                         orthogonalizer=orthogonalizer, scale=scale, diag_every=diag_every,
-                        block_size=block_size, batch_size=batch_size, eval_batches=eval_batches)
+                        block_size=block_size, batch_size=batch_size, eval_batches=eval_batches,
+                        update_rank=update_rank, max_drift=max_drift, lora_muon=lora_muon)
     if spec["method"] == "lora":  # fail before loading any model (HF recipes included)
         from muonft.adapters import LoRASpec
 

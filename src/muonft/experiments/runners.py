@@ -77,8 +77,7 @@ def finetune_kwargs(spec: Any) -> dict[str, Any]:
     """
     from muonft.experiments.spec import LoRAConfig, MuonConfig
 
-    unsupported = [k for k in ("update_rank", "max_drift", "lora_muon", "model")
-                   if getattr(spec, k) is not None]
+    unsupported = [k for k in ("model",) if getattr(spec, k) is not None]
     if unsupported:
         raise ConfigError(f"the finetune engine does not support {', '.join(unsupported)} yet; "
                           f"remove them from the spec")
@@ -101,6 +100,9 @@ def finetune_kwargs(spec: Any) -> dict[str, Any]:
         kw.update({k: getattr(spec.muon, k) for k in ("orthogonalizer", "ns_steps", "momentum",
                                                       "nesterov", "adamw_lr_ratio")
                    if getattr(spec.muon, k) != getattr(d, k)})
+    # constrained-update Muon (issue 10); the engine validates the combinations
+    kw.update({k: getattr(spec, k) for k in ("update_rank", "max_drift", "lora_muon")
+               if getattr(spec, k) is not None})
     return kw
 
 

@@ -69,8 +69,8 @@ class RunSpec(_Strict):
     ``kind`` selects the runner (``finetune`` by default; ``pretrain``, ``synthetic`` or any
     kind registered with :func:`muonft.experiments.sweep.register_runner`). ``init`` is a
     ``muonft pretrain`` output dir, a checkpoint name in the cache (``gpt-tiny-adamw-s0``) or
-    ``hf:<path-or-id>``. ``update_rank``, ``max_drift`` and ``lora_muon`` are reserved for the
-    constrained-update Muon options and stay ``None`` until a runner supports them.
+    ``hf:<path-or-id>``. ``update_rank``, ``max_drift`` and ``lora_muon`` are the
+    constrained-update Muon options (:class:`muonft.optim.Muon`); ``None`` leaves them off.
     """
 
     kind: str = Field("finetune", pattern=r"^[a-z][a-z0-9_]*$")

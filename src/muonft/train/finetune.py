@@ -62,7 +62,7 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
         "lora_variant": "lora", "scale": "match_adamw_rms",
         "lora_dropout": 0.0, "lora_targets": None, "orthogonalizer": "polar_express",
         "ns_steps": 5, "momentum": 0.95, "nesterov": True, "adamw_lr_ratio": 1.0,
-        "diag_every": 0,
+        "diag_every": 0, "update_rank": None, "max_drift": None, "lora_muon": None,
     }
     unknown = set(overrides) - set(spec)
     if unknown:
@@ -114,12 +114,45 @@ def _validate_options(spec: dict[str, Any]) -> None:
         raise ConfigError(f"nesterov must be true or false, got {spec['nesterov']!r}")
     if not spec["adamw_lr_ratio"] > 0:
         raise ConfigError(f"adamw_lr_ratio must be > 0, got {spec['adamw_lr_ratio']}")
+    _validate_constraints(spec)
     if spec["method"] == "lora":
         if isinstance(spec["lora_targets"], str):
             spec["lora_targets"] = [spec["lora_targets"]]
         elif spec["lora_targets"] is not None:  # JSON-shaped, so result.json compares equal
             spec["lora_targets"] = list(spec["lora_targets"])
         _lora_spec(spec)  # rank, alpha, dropout, variant and targets
+
+
+CONSTRAINT_KEYS = ("update_rank", "max_drift", "lora_muon")
+
+
+def _validate_constraints(spec: dict[str, Any]) -> None:
+    """The constrained-update Muon options (``muonft.optim.Muon``'s ``update_rank``,
+    ``max_drift``, ``lora_muon``): Muon only; ``joint`` needs LoRA, ``max_drift`` full weights."""
+    r, rho, mode = spec["update_rank"], spec["max_drift"], spec["lora_muon"]
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+        raise ConfigError(f"update_rank must be a positive integer, got {r!r}")
+    if rho is not None and (isinstance(rho, bool) or not isinstance(rho, (int, float))
+                            or not rho > 0):
+        raise ConfigError(f"max_drift must be a number > 0, got {rho!r}")
+    if mode not in (None, "independent", "joint"):
+        raise ConfigError(f"lora_muon must be 'independent' or 'joint', got {mode!r}")
+    given = [k for k in CONSTRAINT_KEYS if spec[k] is not None]
+    if given and spec["optimizer"] != "muon":
+        raise ConfigError(f"{', '.join(given)}: Muon options; use optimizer muon")
+    if mode == "joint" and spec["method"] != "lora":
+        raise ConfigError("lora_muon 'joint' steps LoRA factor pairs; use method lora")
+    if rho is not None and spec["method"] == "lora":
+        raise ConfigError("max_drift bounds full weights (a LoRA B starting at zero would stay "
+                          "there); use method full")
+
+
+def constraint_metrics(opt: torch.optim.Optimizer, spec: dict[str, Any]) -> dict[str, Any]:
+    """``opt.constraint_stats()`` (drift checks/binds/bind rate/max, low-rank matrices) when a
+    constrained-update option is on, for the result's metrics."""
+    if not any(spec.get(k) is not None for k in ("update_rank", "max_drift")):
+        return {}
+    return dict(opt.constraint_stats())
 
 
 def _lora_spec(spec: dict[str, Any]):
@@ -219,8 +252,13 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
     if spec["method"] == "lora":
         grad_fn = lora_one_grad_fn(batcher.get) if spec["lora_variant"] == "lora_one" else None
         model = apply_lora(model, _lora_spec(spec), grad_fn=grad_fn)
+    opt_options = muon_options(spec)
+    if spec["lora_muon"] == "joint":
+        from muonft.adapters import lora_pairs
+
+        opt_options["lora_pairs"] = lora_pairs(model)
     opt = build_optimizer(model, spec["optimizer"], spec["lr"], spec["weight_decay"],
-                          **muon_options(spec))
+                          **opt_options)
     tracker = _matrix_rms_tracker(opt)
     hooks = [opt.register_step_pre_hook(lambda *_: tracker.snapshot()),
              opt.register_step_post_hook(lambda *_: tracker.measure())]
@@ -275,7 +313,7 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         "zero_shot": zero_shot, "relative_ppl": math.exp(target_loss - zero_shot),
         "test": test_loss, "forgetting": pre_after - pre_before,
         "pretrain_loss_before": pre_before, "pretrain_loss_after": pre_after,
-        **update_rms_metrics(tracker),
+        **update_rms_metrics(tracker), **constraint_metrics(opt, spec),
     }
     diagnostics = weight_diagnostics(now, init_state)
     diagnostics_update = weight_diagnostics(now, init_state, update=True)
@@ -312,9 +350,12 @@ def muon_options(spec: dict[str, Any]) -> dict[str, Any]:
     AdamW groups of a Muon run get lr · ``adamw_lr_ratio``."""
     if spec["optimizer"] != "muon":
         return {}
-    return {"scale": spec["scale"], "orthogonalizer": spec["orthogonalizer"],
+    opts = {"scale": spec["scale"], "orthogonalizer": spec["orthogonalizer"],
             "ns_steps": spec["ns_steps"], "momentum": spec["momentum"],
             "nesterov": spec["nesterov"], "adamw_lr": spec["lr"] * spec["adamw_lr_ratio"]}
+    # constrained updates (lora_muon="joint" also needs lora_pairs, added where the model is)
+    opts.update({k: spec[k] for k in CONSTRAINT_KEYS if spec.get(k) is not None})
+    return opts
 
 
 LORA_ONE_BATCHES = 4
