@@ -31,8 +31,10 @@ def _root() -> None:
 # --- train.finetune --------------------------------------------------------------------------
 @app.command()
 def finetune(
-    init: str = typer.Option("gpt-tiny-adamw-s0", help="muonft pretrain dir or cache name."),
-    task: str = typer.Option("lm:rt", help="Target task: lm:<corpus>."),
+    init: str = typer.Option("gpt-tiny-adamw-s0", help="muonft pretrain dir or cache name, "
+                             "or an HF model: minilm, smollm2, hf:<path-or-id>."),
+    task: str = typer.Option("lm:rt", help="Target task: lm:<corpus>, rt-sentiment, "
+                             "glue:<task>, glue-tsv:<task>:<dir>."),
     optimizer: str = typer.Option("muon", help="adamw or muon."),
     method: str = typer.Option("full", help="full or lora."),
     lr: float = typer.Option(None, help="Learning rate (default per optimizer and method)."),
@@ -63,7 +65,8 @@ def finetune(
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Fine-tune a pretrained GPT (full or LoRA, AdamW or Muon) and measure the mismatch."""
+    """Fine-tune a pretrained GPT or HF model (full or LoRA, AdamW or Muon) and measure the
+    mismatch; e.g. ``--init minilm --task rt-sentiment`` or ``--init smollm2 --task lm:kjv``."""
     from muonft.train.finetune import default_spec
     from muonft.train.finetune import finetune as run_finetune
 
@@ -83,7 +86,7 @@ def finetune(
     rec = run_finetune(spec, out, threads=threads, progress=not quiet)
     m = rec["metrics"]
     note = f" ({rec['resumed']})" if rec.get("resumed") else ""
-    print(f"{rec['status']}{note}: target val_loss {m['target']:.4f} (zero-shot "
+    print(f"{rec['status']}{note}: target {m['target_name']} {m['target']:.4f} (zero-shot "
           f"{m['zero_shot']:.4f}), forgetting {m['forgetting']:+.4f}, "
           f"l2 drift {rec['diagnostics']['overall']['l2_drift']:.4f}")
     print(out / "result.json")
