@@ -205,8 +205,12 @@ def _eval_loss(model, tokens, spec) -> float:
 
 
 def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
-             progress: bool = True, checkpoint_every: int = 50) -> dict[str, Any]:
-    """Run (or resume, or return the finished) fine-tuning described by ``spec``."""
+             progress: bool = True, checkpoint_every: int = 50,
+             device: str | None = None) -> dict[str, Any]:
+    """Run (or resume, or return the finished) fine-tuning described by ``spec``.
+
+    ``device`` (GPT recipe): ``auto`` (default: CUDA when available) or a torch device; it is
+    not part of the spec, so a run may resume on another device."""
     from muonft.train.finetune_hf import finetune_hf, is_hf_spec
 
     if is_hf_spec(spec):
@@ -237,6 +241,9 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         torch.set_num_threads(threads)
     init_dir = resolve_init(spec["init"])
     model, tok, cfg = load_pretrained(init_dir)
+    from muonft.train.loop import resolve_device
+
+    model = model.to(resolve_device(device))
     if spec["method"] == "lora":  # bad targets or rank fail before any data or evaluation
         from muonft.adapters import resolve_targets
 
