@@ -54,6 +54,7 @@ def _worker(rank: int, world: int, port: int, args, q) -> None:
         distributed_orthogonalize(mats, fn)
         total.append(time.perf_counter() - t0)
     q.put((rank, statistics.median(compute), statistics.median(total)))
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -74,6 +74,7 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state["orthogonalized_here"] = torch.tensor(opt.orthogonalized_here)
         torch.save(state, f"{out}/rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 
