@@ -62,8 +62,8 @@ def test_registry_round_trip():
     rebuilt = build_model(saved)
     assert rebuilt.config == CFG
     rebuilt.load_state_dict(m.state_dict(), strict=True)
-    with pytest.raises(ValueError, match="unknown model kind 'vit'"):
-        build_model({"kind": "vit", "config": {}})
+    with pytest.raises(ValueError, match="unknown model kind 'resnet'"):
+        build_model({"kind": "resnet", "config": {}})
 
 
 def test_zero_init_free_gradients_reach_every_matrix():

@@ -1,4 +1,4 @@
-"""In-house models (a nanochat-style GPT) and the registry that rebuilds any of them from JSON.
+"""In-house models (a nanochat-style GPT, a small ViT) and the registry that rebuilds them.
 
 A saved model directory holds ``config.json`` = ``{"kind": "gpt", "config": {...}}``;
 :func:`build_model` turns that dict back into a freshly initialised module, and
@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from muonft.models.gpt import GPT, PRESETS, GPTConfig, build_gpt
+from muonft.models.vit import ViT, ViTConfig, build_vit
 
 ModelBuilder = Callable[[dict[str, Any]], nn.Module]
 
@@ -45,11 +46,14 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     """The ``{"kind", "config"}`` dict that :func:`build_model` turns back into ``model``."""
     if isinstance(model, GPT):
         return {"kind": "gpt", "config": model.config.to_dict()}
+    if isinstance(model, ViT):
+        return {"kind": "vit", "config": model.config.to_dict()}
     raise ValueError(f"no registered kind for {type(model).__name__}; register one with "
                      f"muonft.models.register_model")
 
 
 register_model("gpt", build_gpt)
+register_model("vit", build_vit)
 
-__all__ = ["GPT", "PRESETS", "GPTConfig", "build_gpt", "build_model", "model_config",
-           "model_kinds", "register_model"]
+__all__ = ["GPT", "PRESETS", "GPTConfig", "ViT", "ViTConfig", "build_gpt", "build_model",
+           "build_vit", "model_config", "model_kinds", "register_model"]
