@@ -2,8 +2,8 @@
 
 Runners are stored by import path (``"package.module:function"``) so that worker processes,
 started with ``spawn``/``forkserver``, can import them. Built in: ``synthetic``
-(:mod:`muonft.experiments.synthetic`), ``finetune`` and ``pretrain`` (thin adapters from a
-RunSpec to the engines' own spec dicts; they import the engines only when called).
+(:mod:`muonft.experiments.synthetic`), ``finetune``, ``pretrain`` and ``vision`` (thin adapters
+from a RunSpec to the engines' own spec dicts; they import the engines only when called).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _REGISTRY: dict[str, str] = {
     "synthetic": "muonft.experiments.synthetic:synthetic_runner",
     "finetune": "muonft.experiments.runners:finetune_runner",
     "pretrain": "muonft.experiments.runners:pretrain_runner",
+    "vision": "muonft.experiments.runners:vision_runner",
 }
 
 
@@ -128,3 +129,37 @@ def pretrain_runner(spec: Any, run_dir: Path) -> dict[str, Any]:
     from muonft.train.pretrain import default_spec
 
     return pretrain(default_spec(**kw), run_dir, progress=False)
+
+
+def vision_kwargs(spec: Any) -> dict[str, Any]:
+    """The ``muonft.train.vision`` fine-tuning spec dict of a RunSpec (``init``: a ViT
+    checkpoint or ``hf:`` image model, ``task``: ``digits`` / ``mnist-rot`` / ``mnist-inv``);
+    refuses the settings that recipe does not have (``model``, ``block_size``, no gradient
+    clipping, the constrained-update Muon options)."""
+    unsupported = [k for k in ("model", "block_size", "update_rank", "max_drift", "lora_muon")
+                   if getattr(spec, k) is not None]
+    if spec.grad_clip is None:
+        unsupported.append("grad_clip: null")
+    if unsupported:
+        raise ConfigError(f"the vision engine does not support {', '.join(unsupported)}; "
+                          f"remove them from the spec")
+    kw = {"init": spec.init, "task": spec.task, "optimizer": spec.optimizer,
+          "method": spec.method, "lr": spec.lr, "steps": spec.steps,
+          "batch_size": spec.batch_size, "seed": spec.seed, "weight_decay": spec.weight_decay,
+          "warmup": spec.warmup, "schedule": spec.schedule, "grad_clip": spec.grad_clip,
+          "eval_every": spec.eval_every, "eval_batches": spec.eval_batches,
+          "scale": spec.muon.scale}
+    if spec.method == "lora":
+        kw.update({f"lora_{k}": getattr(spec.lora, k)
+                   for k in ("rank", "alpha", "variant", "dropout", "targets")})
+    if spec.optimizer == "muon":
+        kw.update({k: getattr(spec.muon, k) for k in ("orthogonalizer", "ns_steps", "momentum",
+                                                      "nesterov", "adamw_lr_ratio")})
+    return kw
+
+
+def vision_runner(spec: Any, run_dir: Path) -> dict[str, Any]:
+    """Run ``muonft.train.vision.vision_finetune`` for a RunSpec in ``run_dir`` (resumes)."""
+    from muonft.train.vision import vision_finetune
+
+    return vision_finetune(vision_kwargs(spec), run_dir, progress=False)
