@@ -34,7 +34,8 @@ def finetune(
     init: str = typer.Option("gpt-tiny-adamw-s0", help="muonft pretrain dir or cache name, "
                              "or an HF model: minilm, smollm2, hf:<path-or-id>."),
     task: str = typer.Option("lm:rt", help="Target task: lm:<corpus>, rt-sentiment, "
-                             "glue:<task>, glue-tsv:<task>:<dir>."),
+                             "glue:<task>, glue-tsv:<task>:<dir>; images (ViT inits): "
+                             "digits, mnist-rot, mnist-inv."),
     optimizer: str = typer.Option("muon", help="adamw or muon."),
     method: str = typer.Option("full", help="full or lora."),
     lr: float = typer.Option(None, help="Learning rate (default per optimizer and method)."),
@@ -69,7 +70,11 @@ def finetune(
     mismatch; e.g. ``--init minilm --task rt-sentiment`` or ``--init smollm2 --task lm:kjv``."""
     from muonft.train.finetune import default_spec
     from muonft.train.finetune import finetune as run_finetune
+    from muonft.train.vision import is_vision_task
 
+    if is_vision_task(task):  # image tasks (digits, mnist-rot, mnist-inv): the ViT recipe
+        from muonft.train.vision import default_finetune_spec as default_spec
+        from muonft.train.vision import vision_finetune as run_finetune
     if steps is not None and steps < 0:
         raise ValueError(f"--steps must be >= 0, got {steps}")
     spec = default_spec(init=init, task=task, optimizer=optimizer, method=method, lr=lr,
@@ -95,14 +100,15 @@ def finetune(
 # --- optim.partition -------------------------------------------------------------------------
 @app.command()
 def inspect(
-    model: str = typer.Option("tiny", help="Model preset (tiny, small, d12, d20)."),
+    model: str = typer.Option("tiny", help="Model preset (tiny, small, d12, d20, vit-tiny, "
+                              "vit-small)."),
     lora_rank: int = typer.Option(0, help="Add LoRA adapters of this rank first (0 = none)."),
 ) -> None:
     """Print every trainable parameter, its shape, its optimizer group and the rule behind it."""
-    from muonft.models import build_gpt
+    from muonft.models import build_gpt, build_vit
     from muonft.optim import partition_parameters
 
-    m = build_gpt(model)
+    m = build_vit(model) if model.startswith("vit-") else build_gpt(model)
     if lora_rank:
         from muonft.adapters import LoRASpec, apply_lora
 
@@ -113,7 +119,8 @@ def inspect(
 # --- train.pretrain --------------------------------------------------------------------------
 @app.command()
 def pretrain(
-    model: str = typer.Option("tiny", help="Model preset: tiny, small, d12, d20."),
+    model: str = typer.Option("tiny", help="Model preset: tiny, small, d12, d20; vit-tiny, "
+                              "vit-small (pretrained on MNIST)."),
     optimizer: str = typer.Option("adamw", help="adamw or muon."),
     steps: int = typer.Option(None, help="Optimizer steps (default 600)."),
     tokens: int = typer.Option(None, help="Token budget instead of --steps."),
@@ -138,6 +145,26 @@ def pretrain(
 
     if steps is not None and steps <= 0:
         raise ValueError(f"--steps must be > 0, got {steps}")
+    if model.startswith("vit-"):  # the ViT recipe (muonft.train.vision)
+        from muonft.train import vision
+
+        lm = {"--tokens": tokens, "--tokenizer-corpus": tokenizer_corpus, "--block-size":
+              block_size, "--vocab-size": vocab_size, "--corpus": None if corpus == "kjv" else 1}
+        if any(v is not None for v in lm.values()):
+            raise ValueError(f"{', '.join(k for k, v in lm.items() if v is not None)}: "
+                             f"language-model options; a ViT pretrains on MNIST")
+        spec = vision.default_pretrain_spec(model=model, optimizer=optimizer, steps=steps,
+                                            seed=seed, lr=lr, weight_decay=weight_decay,
+                                            batch_size=batch_size)
+        rec = vision.vision_pretrain(spec, out, threads=threads, progress=not quiet,
+                                     checkpoint_every=checkpoint_every)
+        m = rec["metrics"]
+        note = f" ({rec['resumed']})" if rec.get("resumed") else ""
+        print(f"{rec['status']}{note}: val_accuracy {m['val_accuracy']:.4f}, val_loss "
+              f"{m['val_loss']:.4f}, hidden rms {m['hidden_rms']:.4f}, "
+              f"{m['images_per_s']:,.0f} images/s")
+        print(out or vision.default_pretrain_out(spec))
+        return
     if tokens is not None and tokens <= 0:
         raise ValueError(f"--tokens must be > 0, got {tokens}")
     spec = default_spec(model=model, optimizer=optimizer, steps=steps, tokens=tokens, seed=seed,
@@ -165,7 +192,8 @@ app.add_typer(data_app, name="data")
 @data_app.command("fetch")
 def data_fetch(
     names: list[str] = typer.Argument(
-        None, help="Corpora or models to fetch (default: kjv rt; models: minilm smollm2)."),
+        None, help="Corpora or models to fetch (default: kjv rt; models: minilm smollm2; "
+        "images: mnist digits)."),
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
     all_: bool = typer.Option(False, "--all", help="Also the optional austen corpus."),
 ) -> None:
@@ -174,16 +202,21 @@ def data_fetch(
     a GGUF dequantized once to fp32); see :mod:`muonft.models.hf`."""
     from muonft.data import DEFAULT_FETCH, SOURCES, fetch
     from muonft.data.corpora import sha256_file
+    from muonft.data.images import IMAGE_SOURCES, fetch_images
     from muonft.models.hf import MODEL_SOURCES, fetch_model
 
     names = list(names or (list(SOURCES) if all_ else DEFAULT_FETCH))
-    bad = [n for n in names if n not in SOURCES and n not in MODEL_SOURCES]
+    bad = [n for n in names if n not in SOURCES and n not in MODEL_SOURCES
+           and n not in IMAGE_SOURCES]
     if bad:
         raise ValueError(f"unknown corpus or model {bad[0]!r}; choose from "
-                         f"{', '.join([*SOURCES, *MODEL_SOURCES])}")
+                         f"{', '.join([*SOURCES, *MODEL_SOURCES, *IMAGE_SOURCES])}")
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     for n in names:
-        if n in MODEL_SOURCES:
+        if n in IMAGE_SOURCES:  # images (muonft.data.images): parsed arrays, member verified
+            path = fetch_images(n, force=force, progress=say)
+            print(f"{n}\t{path}\t{path.stat().st_size} bytes\tsha256 of the source verified")
+        elif n in MODEL_SOURCES:
             d = fetch_model(n, force=force, progress=say)
             size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
             print(f"{n}\t{d}\t{size} bytes\tsha256 verified per file ({d / 'muonft-model.json'})")
