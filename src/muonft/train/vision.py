@@ -52,7 +52,7 @@ from muonft.train.pretrain import OPTIMIZERS, build_optimizer
 METHODS = ("full", "lora")
 # Chosen by the LR probe recorded in the README ("Vision (ViT)").
 PRETRAIN_LR = {"adamw": 1e-2, "muon": 1e-2}
-FINETUNE_LR = {("adamw", "full"): 3e-3, ("muon", "full"): 3e-3,
+FINETUNE_LR = {("adamw", "full"): 1e-2, ("muon", "full"): 1e-2,
                ("adamw", "lora"): 1e-2, ("muon", "lora"): 1e-2}
 DEFAULT_PRETRAIN_STEPS = 600
 EVAL_BATCH = 250
