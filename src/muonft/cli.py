@@ -209,7 +209,7 @@ def data_fetch(
     bad = [n for n in names if n not in SOURCES and n not in MODEL_SOURCES
            and n not in IMAGE_SOURCES]
     if bad:
-        raise ValueError(f"unknown corpus or model {bad[0]!r}; choose from "
+        raise ValueError(f"unknown corpus, image set or model {bad[0]!r}; choose from "
                          f"{', '.join([*SOURCES, *MODEL_SOURCES, *IMAGE_SOURCES])}")
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     for n in names:

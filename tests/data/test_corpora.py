@@ -115,8 +115,8 @@ def test_file_corpus(tmp_path):
 def test_cli_bad_name_and_unwritable_cache(capsys, monkeypatch, tmp_path):
     assert main(["data", "fetch", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["muonft: error: unknown corpus or model 'nope'; choose from kjv, rt, "
-                   "austen, minilm, smollm2"]
+    assert err == ["muonft: error: unknown corpus, image set or model 'nope'; choose from "
+                   "kjv, rt, austen, minilm, smollm2, mnist, digits"]
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("MUONFT_CACHE", str(blocker / "cache"))
