@@ -77,3 +77,13 @@ def test_pad_batch_uses_minus_one():
     assert x.tolist() == [[5, 6, 7], [8, PAD, PAD]]
     batches = list(ClassificationData([[1], [2, 3], [4]], [0, 1, 0]).batches(2))
     assert [b[1].tolist() for b in batches] == [[0, 1], [0]]
+
+
+def test_length_sorted_batches_cover_each_example_once_with_its_label():
+    ids = [[1, 2, 3, 4], [5], [6, 7], [8, 9, 10], [11]]
+    data = ClassificationData(ids, [0, 1, 0, 1, 1])
+    got = list(data.batches(2, by_length=True))
+    assert [x.shape[1] for x, _ in got] == [1, 3, 4]  # short first: little padding
+    pairs = sorted((tuple(v for v in row.tolist() if v != PAD), int(lab))
+                   for x, y in got for row, lab in zip(x, y))
+    assert pairs == sorted((tuple(i), lab) for i, lab in zip(ids, [0, 1, 0, 1, 1]))

@@ -127,3 +127,25 @@ def test_cli_classification_run_and_missing_model(tiny, general_corpus, tmp_path
                  "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "muonft data fetch minilm" in err[0]
+
+
+def test_constrained_muon_options_on_an_hf_encoder(tiny, general_corpus, tmp_path):
+    """update_rank, max_drift and lora_muon=joint reach Muon for HF models too (issue 10)."""
+    base = {"init": f"hf:{tiny['bert']}", "task": tiny["task"], "optimizer": "muon",
+            "lr": 2e-2, "steps": 4, "batch_size": 16, "warmup": 1, "eval_every": 0}
+    rho = 0.01
+    rec = finetune({**base, "method": "full", "max_drift": rho, "update_rank": 1},
+                   tmp_path / "drift", progress=False)
+    m = rec["metrics"]
+    assert rec["status"] == "done" and m["drift_checks"] > 0 and m["drift_max"] <= rho + 1e-6
+    assert m["drift_binds"] > 0  # lr 2e-2 moves far more than 1% in 4 steps
+    assert rec["spec"]["update_rank"] == 1
+    joint = finetune({**base, "method": "lora", "lora_rank": 2, "lora_muon": "joint"},
+                     tmp_path / "joint", progress=False)
+    assert joint["status"] == "done" and joint["spec"]["lora_muon"] == "joint"
+    with pytest.raises(ConfigError, match="use optimizer muon"):
+        finetune({**base, "optimizer": "adamw", "method": "full", "update_rank": 2},
+                 tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="use method full"):
+        finetune({**base, "method": "lora", "max_drift": 0.1}, tmp_path / "bad2",
+                 progress=False)

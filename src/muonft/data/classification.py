@@ -158,16 +158,24 @@ class ClassificationData:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels)
         if len(self.ids) != len(self.labels):
             raise ValueError(f"{len(self.ids)} texts but {len(self.labels)} labels")
         if not self.ids:
             raise ConfigError("a classification split has no examples")
 
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Consecutive (x, y) batches over the whole split, in order (evaluation)."""
-        for i in range(0, len(self.ids), batch_size):
-            yield (pad_batch(self.ids[i:i + batch_size]),
-                   torch.as_tensor(self.labels[i:i + batch_size], dtype=torch.long))
+    def batches(self, batch_size: int, by_length: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive (x, y) batches over the whole split (evaluation): in order, or with
+        ``by_length`` in order of length (stable), so each batch pads to nearly its own
+        length; every example appears exactly once either way."""
+        order = (sorted(range(len(self.ids)), key=lambda i: len(self.ids[i])) if by_length
+                 else range(len(self.ids)))
+        order = list(order)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield (pad_batch([self.ids[j] for j in idx]),
+                   torch.as_tensor(self.labels[idx], dtype=torch.long))
 
 
 def load_classification(task: str, split: str, tokenizer, max_len: int) -> ClassificationData:
