@@ -149,3 +149,37 @@ def test_constrained_muon_options_on_an_hf_encoder(tiny, general_corpus, tmp_pat
     with pytest.raises(ConfigError, match="use method full"):
         finetune({**base, "method": "lora", "max_drift": 0.1}, tmp_path / "bad2",
                  progress=False)
+
+
+def test_baselines_are_cached_per_source_manifest_and_seed(tmp_cache, monkeypatch, tmp_path):
+    import torch
+
+    import muonft.models.hf as hf
+
+    src = tmp_path / "minilm"
+    src.mkdir()
+    (src / hf.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": "ab" * 32}}))
+    monkeypatch.setattr(hf, "model_dir", lambda name: src)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"zero_shot": 0.123456789, "emb_before": torch.arange(6.0).reshape(2, 3)}
+
+    spec = finetune_hf.default_spec(init="minilm", task="rt-sentiment", seed=3)
+    a = finetune_hf._baselines(spec, "classification", compute)
+    b = finetune_hf._baselines(spec, "classification", compute)
+    assert len(calls) == 1 and b["zero_shot"] == a["zero_shot"] == 0.123456789
+    assert torch.equal(b["emb_before"], a["emb_before"])
+    finetune_hf._baselines({**spec, "seed": 4}, "classification", compute)  # new head
+    assert len(calls) == 2
+    (src / hf.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": "cd" * 32}}))
+    finetune_hf._baselines(spec, "classification", compute)  # other weights
+    assert len(calls) == 3
+    for f in (tmp_cache / "baselines").iterdir():  # torn cache files are measured again
+        f.write_bytes(b"torn")
+    assert finetune_hf._baselines(spec, "classification", compute)["zero_shot"] == 0.123456789
+    assert len(calls) == 4
+    hf_spec = {**spec, "init": "hf:/some/dir"}  # hf: inits are always measured
+    finetune_hf._baselines(hf_spec, "classification", compute)
+    assert len(calls) == 5

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 from dataclasses import dataclass
@@ -290,6 +291,53 @@ def embedding_drift(before: torch.Tensor, after: torch.Tensor) -> dict[str, floa
             "similarity_corr": corr}
 
 
+# --------------------------------------------------------------------------- baselines
+def _baselines(spec: dict[str, Any], what: str, compute) -> dict[str, Any]:
+    """The pre-training measurements of a run (``compute()``: zero-shot metric and the
+    forgetting probe's "before" side), cached across runs for the sha-pinned model sources
+    (``minilm``, ``smollm2``): every LR and optimizer of a sweep shares them. The key holds
+    everything they depend on — the source's manifest (its files' sha256), task, sizes, the
+    seed when a new classifier head is drawn, and the library versions; ``hf:`` inits are
+    always measured."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from muonft.data import cache_dir
+    from muonft.models.hf import MANIFEST, MODEL_SOURCES, model_dir
+
+    if spec["init"] not in MODEL_SOURCES:
+        return compute()
+    manifest = model_dir(spec["init"]) / MANIFEST
+    try:
+        files = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return compute()
+    key = {"init": spec["init"], "manifest": files, "task": spec["task"], "what": what,
+           "block_size": spec["block_size"], "eval_batches": spec["eval_batches"],
+           "n_probe": N_PROBE, "eval_batch": EVAL_BATCH, "torch": torch.__version__,
+           "transformers": transformers.__version__,
+           "seed": spec["seed"] if what == "classification" else None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_dir() / "baselines" / f"{digest[:24]}.safetensors"
+    if path.exists():
+        try:
+            t = load_file(str(path))
+            return {k: (v if v.ndim else float(v)) for k, v in t.items()}
+        except Exception:  # safetensors' own error on a torn or foreign file: measure again
+            pass
+    out = compute()
+    tensors = {k: v.contiguous() if isinstance(v, torch.Tensor)
+               else torch.tensor(float(v), dtype=torch.float64) for k, v in out.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+    except OSError:
+        pass  # an unwritable cache only costs the time to measure again
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 def _trainable_head(model: torch.nn.Module) -> list[str]:
     """Names of the (new) classifier's parameters, kept trainable under LoRA."""
@@ -357,8 +405,10 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         get_batch = ClassificationBatcher(train_data, bs, seed=spec["seed"]).get
         loss_fn = classification_loss
         probe = probe_sentences()
-        emb_before = sentence_embeddings(model.base_model, tok, probe)
-        zero_shot = classification_accuracy(model, val_data)
+        before = _baselines(spec, "classification", lambda: {
+            "zero_shot": classification_accuracy(model, val_data),
+            "emb_before": sentence_embeddings(model.base_model, tok, probe)})
+        zero_shot, emb_before = before["zero_shot"], before["emb_before"]
 
         def eval_fn(m: torch.nn.Module) -> dict[str, float]:
             return {"val_accuracy": classification_accuracy(m, val_data)}
@@ -373,8 +423,10 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         get_batch = LMBatcher(target.train, block, bs, seed=spec["seed"]).get
         loss_fn = causal_lm_loss
         n_eval = spec["eval_batches"]
-        zero_shot = lm_loss(model, target.val, block, n_eval)
-        general_before = lm_loss(model, general.heldout, block, n_eval)
+        before = _baselines(spec, f"lm:{forget_corpus}", lambda: {
+            "zero_shot": lm_loss(model, target.val, block, n_eval),
+            "general_before": lm_loss(model, general.heldout, block, n_eval)})
+        zero_shot, general_before = before["zero_shot"], before["general_before"]
 
         def eval_fn(m: torch.nn.Module) -> dict[str, float]:
             return {"val_loss": lm_loss(m, target.val, block, n_eval)}
@@ -423,8 +475,9 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
     result = train(model, opt, get_batch, tcfg, loss_fn=loss_fn, eval_fn=eval_fn,
                    ckpt_dir=out / "ckpt", spec=spec, on_step=on_step)
 
-    if classify:
-        target_v = classification_accuracy(model, val_data)
+    final_v = result["final"].get(metric) if result["status"] == "done" else None
+    if classify:  # the loop's final evaluation is this one: not computed twice
+        target_v = final_v if final_v is not None else classification_accuracy(model, val_data)
         metrics: dict[str, Any] = {
             "target": target_v, "target_name": "val_accuracy", "higher_is_better": True,
             "zero_shot": zero_shot, "test": classification_accuracy(model, test_data),
@@ -432,7 +485,7 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
             "forgetting_probe": f"{GENERAL_CORPUS} heldout, {len(probe)} sentences",
         }
     else:
-        target_v = lm_loss(model, target.val, block, n_eval)
+        target_v = final_v if final_v is not None else lm_loss(model, target.val, block, n_eval)
         general_after = lm_loss(model, general.heldout, block, n_eval)
         metrics = {
             "target": target_v, "target_name": "val_loss", "higher_is_better": False,
