@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from muonft.optim import Muon, muon_param_groups
-from muonft.optim.distributed import assign_owners, distributed_orthogonalize
+from muonft.optim.distributed import assign_owners, distributed_orthogonalize, shard_rows
 
 
 def test_owner_assignment_balances_cost_and_is_deterministic():
@@ -48,8 +48,8 @@ def _data(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 16, generator=g), torch.randint(0, 4, (8,), generator=g)
 
 
-def _train(model: nn.Module, steps: int, ranks: list[int], ddp: bool) -> Muon:
-    opt = Muon(muon_param_groups(model), lr=0.02, weight_decay=0.01)
+def _train(model: nn.Module, steps: int, ranks: list[int], ddp: bool, **muon_options) -> Muon:
+    opt = Muon(muon_param_groups(model), lr=0.02, weight_decay=0.01, **muon_options)
     for step in range(steps):
         opt.zero_grad()
         if ddp:
@@ -107,3 +107,87 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     for k in r0:
         assert not torch.equal(r0[k], init[k]), k  # it trained
         torch.testing.assert_close(r0[k], ref[k], rtol=1e-4, atol=2e-5)
+
+
+def test_shard_rows_follow_torch_chunk():
+    for rows in (1, 4, 5, 7, 32):
+        for world in (1, 2, 3, 4):
+            want = [c.shape[0] for c in torch.arange(rows).chunk(world)]
+            got = shard_rows(rows, world)
+            assert got[:len(want)] == want and sum(got) == rows and len(got) == world
+
+
+def _fsdp_worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    from muonft.optim import muon
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    seen: list[torch.Size] = []  # shapes of what this rank orthogonalizes
+    real = muon.orthogonalize_batched
+
+    def spy(ds, *args):
+        seen.extend(d.shape for d in ds)
+        return real(ds, *args)
+
+    muon.orthogonalize_batched = spy
+    try:
+        for split in (True, False):
+            seen.clear()
+            model = _model()
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+            opt = _train(model, steps, [rank], ddp=True, ns_dtype=torch.float32,
+                         distributed=split)
+            # the momentum stays a row shard of each matrix, not a full copy
+            bufs = [opt.state[p]["momentum_buffer"] for g in opt.param_groups if g["use_muon"]
+                    for p in g["params"]]
+            assert len(bufs) == 4 and all(b.to_local().shape[0] < b.shape[0] for b in bufs)
+            state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+            state["orthogonalized"] = torch.tensor([list(s) for s in seen])
+            torch.save(state, f"{out}/rank{rank}-{'split' if split else 'all'}.pt")
+        dist.barrier()
+    finally:
+        muon.orthogonalize_batched = real
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_muon_equals_one_process(tmp_path):
+    """FSDP2 (fully_shard, DTensor row shards, gloo): each rank orthogonalizes only the full
+    matrices it owns, and after 4 steps the gathered parameters are identical on both ranks
+    and equal to one process's to fp32 tolerance (fp32 Newton–Schulz, so only the order of
+    the gradient reduction differs)."""
+    steps, world = 4, 2
+    mp.spawn(_fsdp_worker, args=(world, _free_port(), steps, str(tmp_path)), nprocs=world,
+             join=True)
+    single = _model()
+    opt = Muon(muon_param_groups(single), lr=0.02, weight_decay=0.01, ns_dtype=torch.float32)
+    for step in range(steps):
+        opt.zero_grad()
+        for r in range(world):
+            x, y = _data(r, step)
+            (nn.functional.cross_entropy(single(x), y) / world).backward()
+        opt.step()
+    ref, init = single.state_dict(), _model().state_dict()
+    shapes = [torch.Size(s) for s in ((32, 16), (32, 32), (24, 32), (4, 24))]
+    owners = assign_owners(shapes, world)
+    for mode in ("split", "all"):
+        r0 = torch.load(tmp_path / f"rank0-{mode}.pt", weights_only=True)
+        r1 = torch.load(tmp_path / f"rank1-{mode}.pt", weights_only=True)
+        seen = [r0.pop("orthogonalized"), r1.pop("orthogonalized")]
+        for r, s in enumerate(seen):
+            got = sorted(map(tuple, s.tolist()))
+            if mode == "split":  # full matrices, only the owned ones
+                want = [tuple(sh) for sh, o in zip(shapes, owners) if o == r] * steps
+            else:  # distributed=False: every rank orthogonalizes every matrix
+                want = [tuple(sh) for sh in shapes] * steps
+            assert got == sorted(want), (mode, r)
+        for k in r0:
+            assert torch.equal(r0[k], r1[k]), (mode, k)
+            assert not torch.equal(r0[k], init[k]), (mode, k)
+            torch.testing.assert_close(r0[k], ref[k], rtol=1e-5, atol=1e-6)

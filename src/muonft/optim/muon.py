@@ -34,6 +34,7 @@ from muonft.optim.constrained import (
     project_to_drift_ball,
     work_dtype,
 )
+from muonft.optim.distributed import is_sharded, local_shard
 from muonft.optim.orthogonalize import METHODS, AutoPolicy, orthogonalize_raw
 
 ScaleRule = Callable[[int, int], float]
@@ -299,6 +300,12 @@ class Muon(torch.optim.Optimizer):
             ``all_gather`` shares the results (:mod:`muonft.optim.distributed`), so per-rank
             work falls to ≈ 1/W. Every rank must call ``step()`` (it is a collective).
             ``orthogonalized_here`` counts the matrices this process orthogonalized.
+            FSDP2-sharded parameters (DTensors from ``fully_shard``) are detected: each
+            matrix's row shards are gathered to its owner, orthogonalized there and scattered
+            back (:func:`muonft.optim.distributed.sharded_orthogonalize`); momentum and AdamW
+            state stay sharded; scale rules use the full shape. ``distributed=False`` then
+            makes every rank orthogonalize every matrix. The constrained variants
+            (``update_rank``, ``lora_muon="joint"``, ``max_drift``) need unsharded weights.
     """
 
     def __init__(
@@ -442,6 +449,9 @@ class Muon(torch.optim.Optimizer):
         params = self._params_with_grad(group)
         if not params:
             return
+        if any(is_sharded(p) for p in params):  # FSDP2: DTensor row shards
+            self._sharded_muon_step(group, params)
+            return
         grads = [p.grad for p in params]
         bufs = []
         for p in params:
@@ -508,6 +518,53 @@ class Muon(torch.optim.Optimizer):
                 return distributed_orthogonalize(directions, local)
         return local(directions)
 
+    def _sharded_muon_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Plain Muon on FSDP2-sharded matrices (DTensors, rows split across ranks).
+
+        Momentum, decay and apply are elementwise, so they act on this rank's shards (the
+        momentum stays sharded); each matrix is orthogonalized whole by one owner rank
+        (:func:`muonft.optim.distributed.sharded_orthogonalize`; with ``distributed=False``
+        every rank gathers and orthogonalizes every matrix), and the scale rule sees the full
+        shape."""
+        from muonft.optim.distributed import (
+            replicated_orthogonalize,
+            shard_group,
+            sharded_orthogonalize,
+        )
+
+        rank, drift = group["update_rank"], group["max_drift"]
+        if not all(is_sharded(p) for p in params):
+            raise ValueError("a Muon group mixes sharded (DTensor) and plain parameters; "
+                             "shard the whole model with fully_shard, or none of it")
+        if (rank is not None and any(rank < min(as_matrix(p).shape) for p in params)) or \
+                (group["lora_muon"] == "joint" and group["lora_pairs"]) or \
+                (drift is not None and not math.isinf(drift)):
+            raise ValueError("update_rank, lora_muon='joint' and max_drift are not supported on "
+                             "FSDP2-sharded parameters; use DDP (replicated parameters)")
+        bufs = []
+        for p in params:
+            st = self.state[p]
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(local_shard(st["momentum_buffer"]))
+        directions = momentum_update(bufs, [local_shard(p.grad) for p in params],
+                                     group["momentum"], group["momentum_style"],
+                                     group["nesterov"])
+        ortho = (group["orthogonalizer"], group["ns_steps"], group["ns_dtype"], self._auto)
+
+        def local(ds: list[Tensor]) -> list[Tensor]:
+            self.orthogonalized_here += len(ds)
+            return orthogonalize_batched(ds, *ortho)
+
+        if self.distributed:
+            updates = sharded_orthogonalize(directions, [p.shape for p in params], local,
+                                            shard_group(params))
+        else:
+            updates = replicated_orthogonalize(directions, params, local)
+        scales = [update_scale(group["scale"], tuple(as_matrix(p).shape)) for p in params]
+        apply_decay_and_update([local_shard(p) for p in params], updates, group["lr"],
+                               group["weight_decay"], scales)
+
     def _low_rank_updates(self, group: dict[str, Any], gi: int, params: list[Tensor],
                           grads: list[Tensor], bufs: list[Tensor], low: list[int],
                           updates: list[Tensor]) -> None:
@@ -558,12 +615,14 @@ class Muon(torch.optim.Optimizer):
                 st["step"] = torch.tensor(0.0)
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs.append(st["exp_avg"])
-            exp_avg_sqs.append(st["exp_avg_sq"])
+            exp_avgs.append(local_shard(st["exp_avg"]))
+            exp_avg_sqs.append(local_shard(st["exp_avg_sq"]))
             steps.append(st["step"])
         beta1, beta2 = group["betas"]
+        # elementwise, so FSDP2 shards (DTensors) step as their local tensors
+        params, grads = [local_shard(p) for p in params], [local_shard(p.grad) for p in params]
         _adam_functional(
-            params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
+            params, grads, exp_avgs, exp_avg_sqs, [], steps,
             foreach=True, decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2,
             lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
         )
