@@ -143,3 +143,59 @@ def test_lr_window_narrows_and_moves_left():
     # only one pretrained model: no data
     f = _window_frame([8, 5, 8, 9, 9.5], [9, 8, 5, 5.1, 5.2])
     assert claim_lr_window(f[f.pretrained == "adamw"])[0].verdict == NO_DATA
+
+
+def _constrained_frame():
+    """Hand-made runs (accuracy, higher is better) whose comparison is known: AdamW full 0.81,
+    plain Muon full 0.71 (worse), low-rank Muon 0.812 with less forgetting, drift-budget Muon
+    0.80 but forgetting more; the best LR of each cell is 1e-3 (2e-3 is worse everywhere)."""
+    import json
+
+    import pandas as pd
+
+    schemes = {  # (optimizer, method, update_rank, max_drift, lora_muon): targets, forgetting
+        ("adamw", "full", None, None, None): ([0.80, 0.81, 0.82], [0.30, 0.31, 0.32]),
+        ("muon", "full", None, None, None): ([0.70, 0.71, 0.72], [0.50, 0.50, 0.50]),
+        ("muon", "full", 4, None, None): ([0.811, 0.812, 0.813], [0.20, 0.21, 0.22]),
+        ("muon", "full", None, 0.05, None): ([0.80, 0.80, 0.80], [0.60, 0.61, 0.62]),
+        ("muon", "lora", None, None, "joint"): ([0.75, 0.76, 0.77], [0.1, 0.1, 0.1]),
+    }
+    rows = []
+    for (opt, method, r, rho, mode), (targets, forgets) in schemes.items():
+        cell = json.dumps([opt, method, r, rho, mode])
+        for lr, shift in ((1e-3, 0.0), (2e-3, -0.1)):
+            for seed, (t, f) in enumerate(zip(targets, forgets)):
+                rows.append({"run_id": f"{cell}{lr}{seed}", "status": "done", "cell": cell,
+                             "lr": lr, "seed": seed, "init": "minilm", "task": "rt-sentiment",
+                             "steps": 60, "optimizer": opt, "method": method,
+                             "lora.rank": 8.0 if method == "lora" else math.nan,
+                             "lora.variant": "lora" if method == "lora" else None,
+                             "update_rank": r, "max_drift": rho, "lora_muon": mode,
+                             "pretrained": "adamw", "higher_is_better": True,
+                             "target": t + shift, "test": t + shift, "forgetting": f})
+    return pd.DataFrame(rows)
+
+
+def test_constrained_table_compares_each_scheme_with_adamw_full():
+    from muonft.experiments.aggregate import without_constrained
+    from muonft.experiments.verdicts import constrained_table, scheme_of
+
+    frame = _constrained_frame()
+    t = constrained_table(frame).set_index("scheme")
+    assert list(t.index) == ["Muon full", "Muon LoRA joint r8", "Muon max_drift=0.05",
+                             "Muon update_rank=4"]
+    assert (t.best_lr == 1e-3).all()
+    # gaps are oriented as badness: the worse accuracy of plain Muon is a positive gap
+    assert t.loc["Muon full", "gap"] == pytest.approx(0.10)
+    assert t.loc["Muon update_rank=4", "gap"] == pytest.approx(-0.002)
+    assert t.loc["Muon update_rank=4", "forgetting_gap"] == pytest.approx(-0.10)
+    assert not t.loc["Muon full", "meets_target"]
+    assert t.loc["Muon update_rank=4", "meets_target"]
+    # within AdamW's seed CI (half-width 0.0248) but forgetting more than AdamW → misses
+    assert t.loc["Muon max_drift=0.05", "within_adamw_ci"]
+    assert not t.loc["Muon max_drift=0.05", "forgets_no_more"]
+    assert not t.loc["Muon LoRA joint r8", "within_adamw_ci"]
+    # the study's claims never see the constrained cells
+    plain = without_constrained(frame)
+    assert {scheme_of(r) for _, r in plain.iterrows()} == {"AdamW full", "Muon full"}
+    assert constrained_table(plain).empty

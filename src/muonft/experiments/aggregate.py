@@ -106,6 +106,20 @@ def runs_frame(store: Store, sweep: str | None = None) -> pd.DataFrame:
     return frame
 
 
+def without_constrained(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the constrained-update Muon runs (``update_rank``, ``max_drift``,
+    ``lora_muon: joint``): the study's claims and main panels compare plain optimizers."""
+    if frame.empty:
+        return frame
+    keep = pd.Series(True, index=frame.index)
+    for col in ("update_rank", "max_drift"):
+        if col in frame:
+            keep &= frame[col].isna()
+    if "lora_muon" in frame:
+        keep &= frame["lora_muon"].fillna("independent") != "joint"
+    return frame[keep]
+
+
 def _badness(values: pd.Series, higher_is_better: bool) -> pd.Series:
     return -values if higher_is_better else values
 
@@ -200,8 +214,11 @@ def cell_label(row: pd.Series | dict[str, Any], varying: list[str] | None = None
         if row.get("lora.variant") not in (None, "lora"):
             parts.append(str(row.get("lora.variant")))
     for f in varying or []:
+        v = row.get(f)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue  # a setting this cell does not have (e.g. update_rank off)
         if f not in ("init", "optimizer", "method", "lora.rank", "lora.variant"):
-            parts.append(f"{f}={row.get(f)}")
+            parts.append(f"{f}={int(v) if isinstance(v, float) and v.is_integer() else v}")
     return " ".join(parts)
 
 

@@ -2,23 +2,33 @@
 
 Stages (each resumable: rerunning the same command skips what is finished):
 
-1. **data** — fetch the pretraining (KJV) and fine-tuning (Rotten Tomatoes) corpora into the
-   cache (sha256-verified), build the tokenizer and token streams;
-2. **pretrain** — the AdamW- and the Muon-pretrained tiny GPTs, in parallel processes, stored
-   in the cache as ``gpt-<model>-<optimizer>-s<seed>`` (plus ``-<steps>steps`` when the budget
-   differs from ``muonft pretrain``'s default) and reused by later calls;
+1. **data** — fetch what the preset reads into the cache (sha256-verified): the pretraining
+   (KJV) and fine-tuning (Rotten Tomatoes) corpora with the tokenizer and token streams, the
+   images (MNIST, sklearn digits), or the third-party models (MiniLM, SmolLM2);
+2. **pretrain** — the AdamW- and the Muon-pretrained models of the ``gpt`` (tiny GPT) and
+   ``vision`` (small ViT) families, in parallel processes, stored in the cache under the names
+   ``muonft pretrain`` gives them and reused by later calls; the ``hf`` family fine-tunes models
+   pretrained by their authors (AdamW) and skips this stage;
 3. **sweeps** into one results store ``DIR/results.sqlite``:
    ``<preset>-mismatch`` ({AdamW, Muon}-pretrained × {AdamW, Muon} × {full, LoRA r=8} × LR ×
    seeds, adaptive LR grids), ``<preset>-rank`` (LoRA rank study), ``<preset>-variants``
-   (rsLoRA, PiSSA, LoRA-One under Muon); their YAML specs are written to ``DIR/specs/`` so
-   ``muonft sweep`` can rerun or extend any of them;
+   (rsLoRA, PiSSA, LoRA-One under Muon) and, where the preset asks for them, the
+   constrained-update Muon sweeps ``<preset>-lowrank`` (``update_rank``), ``<preset>-drift``
+   (``max_drift``) and ``<preset>-joint`` (``lora_muon: joint``); their YAML specs are written to
+   ``DIR/specs/`` so ``muonft sweep`` can rerun or extend any of them;
 4. **toy** — the implicit-bias experiment (claim 1) over a few seeds, into ``DIR/toy/``;
 5. **report** — ``DIR/report/report.md`` + ``report.html``, every number computed from the
    store and ``toy.json``.
 
+A preset with ``parts`` runs each part preset into ``DIR/<part>/`` (with its own report) and
+writes ``DIR/report/report.md`` linking them with their claims tables.
+
 Presets: ``quick`` (the demo: every panel and claim present, ≤ 10 minutes on 2 CPU cores from
 an empty cache, verdicts mostly inconclusive at that size), ``cpu`` (thorough, 3 seeds, about
-2 hours on 2 cores), ``gpu`` (a larger GPT and budget for one GPU). Add one with
+2 hours on 2 cores), ``gpu`` (a larger GPT and budget for one GPU), ``vision`` (the ViT
+pillar), ``minilm`` (alias ``minilm-rt``: all-MiniLM-L6-v2 on Rotten Tomatoes sentiment),
+``smollm2`` (alias ``smollm2-lora``: SmolLM2-135M, LoRA only), ``constrained`` (the
+constrained-update schemes on the tiny GPT and on MiniLM). Add one with
 :func:`register_preset`.
 """
 
@@ -68,10 +78,29 @@ class Preset:
     toy_seeds: int = 3
     toy_size: tuple[int, int, int] = (20, 40, 10)
     toy_step_fraction: float = 1e-4
+    methods: tuple[str, ...] = ("full", "lora")
+    pretrained: tuple[str, ...] = ("adamw", "muon")  # which own models to pretrain and tune
+    # constrained-update Muon sweeps (issue 10), on the AdamW-pretrained model
+    update_ranks: tuple[int, ...] = ()
+    max_drifts: tuple[float, ...] = ()
+    lora_joint: bool = False
+    parts: tuple[str, ...] = ()
     budget: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The runner kind of this preset's fine-tuning runs."""
+        return "vision" if self.family == "vision" else "finetune"
 
     def pretrain_spec(self, optimizer: str) -> dict[str, Any]:
         """The complete ``muonft pretrain`` spec of this preset's model for ``optimizer``."""
+        if self.family == "vision":
+            from muonft.train.vision import default_pretrain_spec
+
+            return default_pretrain_spec(**{"model": self.model, "optimizer": optimizer,
+                                            "steps": self.pretrain_steps,
+                                            "batch_size": self.pretrain_batch_size,
+                                            **self.pretrain})
         from muonft.train.pretrain import default_spec
 
         return default_spec(**{"model": self.model, "optimizer": optimizer,
@@ -80,13 +109,18 @@ class Preset:
 
     def checkpoint_name(self, optimizer: str) -> str:
         """Cache name of this preset's pretrained model: ``gpt-<model>-<optimizer>-s<seed>``
-        as ``muonft pretrain`` names it, plus ``-<steps>steps`` for another budget and a short
-        hash when other pretraining settings differ from the defaults."""
+        (``vit-<size>-<optimizer>-s<seed>`` for ViTs) as ``muonft pretrain`` names it, plus
+        ``-<steps>steps`` for another budget and a short hash when other pretraining settings
+        differ from the defaults."""
         import hashlib
         import json
 
         from muonft.train.pretrain import default_spec
 
+        if self.family == "vision":
+            from muonft.train.vision import pretrain_checkpoint_name
+
+            return pretrain_checkpoint_name(self.pretrain_spec(optimizer))
         spec = self.pretrain_spec(optimizer)
         name = f"gpt-{spec['model']}-{optimizer}-s{spec['seed']}"
         if spec["steps"] != DEFAULT_PRETRAIN_STEPS:
@@ -99,20 +133,32 @@ class Preset:
         return name
 
     def corpora(self) -> list[str]:
-        """Named corpora (not ``file:``) this preset reads: pretraining, tokenizer, task."""
+        """Named corpora (not ``file:``) this preset reads: pretraining, tokenizer, task, and
+        the general-English corpora of the HF forgetting probes (KJV, RT); none for ViTs."""
+        if self.family == "vision":
+            return []
         task = str(self.finetune.get("task", "lm:rt"))
         names = ["rt" if task == "rt-sentiment" else task.removeprefix("lm:")]
         if self.family == "gpt":
             spec = self.pretrain_spec("adamw")
             names = [spec["corpus"], spec["tokenizer_corpus"], *names]
+        else:
+            names += ["kjv", "rt"]
         return list(dict.fromkeys(n for n in names if ":" not in n))
+
+    def image_sets(self) -> list[str]:
+        """Image sources (:mod:`muonft.data.images`) a vision preset reads."""
+        if self.family != "vision":
+            return []
+        task = str(self.finetune.get("task", "digits"))
+        return ["mnist", "digits"] if task == "digits" else ["mnist"]
 
     def init_names(self) -> dict[str, str]:
         """Pretraining optimizer → init of the models this preset fine-tunes: its own
         pretrained GPTs, or the given third-party checkpoints (``inits``)."""
         if self.inits:
             return dict(self.inits)
-        return {opt: self.checkpoint_name(opt) for opt in ("adamw", "muon")}
+        return {opt: self.checkpoint_name(opt) for opt in self.pretrained}
 
 
 _QUICK_FT = {"task": "lm:rt", "steps": 30, "batch_size": 16, "block_size": 64, "warmup": 3,
@@ -125,21 +171,39 @@ _GPU_FT = {"task": "lm:rt", "steps": 600, "batch_size": 32, "block_size": 256, "
 PRESETS: dict[str, Preset] = {}
 
 
+FAMILIES = ("gpt", "hf", "vision")
+
+
 def _check_family(p: Preset) -> None:
-    if p.family not in ("gpt", "hf"):
-        raise ValueError(f"preset family must be gpt or hf, got {p.family!r}")
-    if p.family == "hf" and not p.inits:
+    if p.family not in FAMILIES:
+        raise ValueError(f"preset family must be one of {', '.join(FAMILIES)}, got "
+                         f"{p.family!r}")
+    if p.family == "hf" and not p.inits and not p.parts:
         raise ValueError(f"preset {p.name!r}: an hf preset needs inits "
                          f"(pretraining optimizer → model)")
+    if not p.pretrained or set(p.pretrained) - {"adamw", "muon"}:
+        raise ValueError(f"preset {p.name!r}: pretrained must be a non-empty subset of adamw, "
+                         f"muon, got {p.pretrained}")
+    bad = [m for m in p.methods if m not in ("full", "lora")]
+    if bad or not p.methods:
+        raise ValueError(f"preset {p.name!r}: methods must be a non-empty subset of full, "
+                         f"lora, got {p.methods}")
+    for part in p.parts:
+        if part not in PRESETS or PRESETS[part].parts:
+            raise ValueError(f"preset {p.name!r}: part {part!r} must be a registered preset "
+                             f"without parts of its own")
 
 
-def register_preset(preset: Preset) -> None:
-    """Make ``muonft reproduce --preset NAME`` available (replaces a preset of that name)."""
-    if not preset.name.replace("-", "").isalnum():
-        raise ValueError(f"preset name must be alphanumeric (dashes allowed), got "
-                         f"{preset.name!r}")
+def register_preset(preset: Preset, *aliases: str) -> None:
+    """Make ``muonft reproduce --preset NAME`` available (replaces a preset of that name);
+    ``aliases`` are further names for the same preset."""
+    for name in (preset.name, *aliases):
+        if not name.replace("-", "").isalnum():
+            raise ValueError(f"preset name must be alphanumeric (dashes allowed), got "
+                             f"{name!r}")
     _check_family(preset)
-    PRESETS[preset.name] = preset
+    for name in (preset.name, *aliases):
+        PRESETS[name] = preset
 
 
 register_preset(Preset(
@@ -171,6 +235,73 @@ register_preset(Preset(
     budget="a few hours on one GPU"))
 
 
+_VISION_FT = {"task": "mnist-rot", "steps": 150, "batch_size": 64, "warmup": 10,
+              "eval_every": 50, "eval_batches": 10}
+register_preset(Preset(
+    name="vision",
+    description="the ViT pillar: vit-tiny pretrained on MNIST with AdamW and Muon, fine-tuned "
+                "on rotated MNIST",
+    family="vision", model="vit-tiny", pretrain_steps=600, pretrain_batch_size=128,
+    finetune=_VISION_FT,
+    # Centred on the optima of a 3-seed probe on mnist-rot (README, "Vision (ViT)").
+    lrs={"adamw/full": [3e-3, 1e-2, 3e-2], "muon/full": [3e-3, 1e-2, 3e-2],
+         "adamw/lora": [3e-3, 1e-2, 3e-2], "muon/lora": [3e-3, 1e-2, 3e-2]},
+    seeds=(0, 1, 2), ranks=(1, 2, 32), rank_pretrained=("adamw", "muon"),
+    variant_optimizers=("muon", "adamw"), max_extensions=2, toy_seeds=0,
+    budget="≤ 20 minutes on 2 CPU cores"))
+
+_MINILM_FT = {"task": "rt-sentiment", "steps": 60, "batch_size": 32, "block_size": 64,
+              "warmup": 6, "eval_every": 60, "eval_batches": 10}
+_MINILM_LRS = {"adamw/full": [3e-5, 1e-4, 3e-4], "muon/full": [3e-5, 1e-4, 3e-4],
+               "adamw/lora": [3e-4, 1e-3, 3e-3], "muon/lora": [3e-4, 1e-3, 3e-3]}
+register_preset(Preset(
+    name="minilm",
+    description="all-MiniLM-L6-v2 (AdamW-pretrained by its authors) on Rotten Tomatoes "
+                "sentiment: AdamW vs Muon × full vs LoRA r=8, whole val/held-out splits",
+    family="hf", inits={"adamw": "minilm"}, finetune=_MINILM_FT, lrs=_MINILM_LRS,
+    seeds=(0, 1, 2), ranks=(), variants=(), max_extensions=1, toy_seeds=0,
+    budget="≤ 45 minutes on 2 CPU cores"), "minilm-rt")
+
+_SMOLLM2_FT = {"task": "lm:rt", "steps": 40, "batch_size": 8, "block_size": 128, "warmup": 4,
+               "eval_every": 40, "eval_batches": 8, "grad_clip": 1.0}
+register_preset(Preset(
+    name="smollm2",
+    description="SmolLM2-135M-Instruct (AdamW-pretrained by its authors; dequantized Q4_1) "
+                "fine-tuned with LoRA on Rotten Tomatoes text, forgetting on KJV",
+    family="hf", inits={"adamw": "smollm2"}, finetune=_SMOLLM2_FT, methods=("lora",),
+    lrs={"adamw/lora": [3e-4, 1e-3, 3e-3], "muon/lora": [3e-4, 1e-3, 3e-3]},
+    seeds=(0, 1), ranks=(), variants=(), max_extensions=1, toy_seeds=0,
+    budget="about 1.5 hours on 2 CPU cores (LoRA only; add full with methods=('full', "
+           "'lora') on a GPU)"), "smollm2-lora")
+
+
+register_preset(Preset(
+    name="constrained-gpt",
+    description="constrained-update Muon on the AdamW-pretrained tiny GPT: low-rank updates, "
+                "drift budgets and joint LoRA-Muon against AdamW and plain Muon",
+    pretrained=("adamw",), finetune=_CPU_FT,
+    lrs={"adamw/full": [1e-3, 3e-3, 1e-2, 3e-2], "muon/full": [1e-3, 3e-3, 1e-2, 3e-2],
+         "adamw/lora": [3e-3, 1e-2, 3e-2, 1e-1], "muon/lora": [3e-3, 1e-2, 3e-2, 1e-1]},
+    seeds=(0, 1, 2), ranks=(1, 32), rank_pretrained=("adamw",), variants=(),
+    update_ranks=(1, 4, 32), max_drifts=(0.05, 0.1, 0.2), lora_joint=True,
+    max_extensions=2, toy_seeds=0, budget="about 40 minutes on 2 CPU cores"))
+register_preset(Preset(
+    name="constrained-minilm",
+    description="constrained-update Muon on MiniLM (the minilm preset's runs plus low-rank, "
+                "drift-budget and joint LoRA-Muon sweeps)",
+    family="hf", inits={"adamw": "minilm"}, finetune=_MINILM_FT, lrs=_MINILM_LRS,
+    seeds=(0, 1, 2), ranks=(), variants=(), update_ranks=(4,), max_drifts=(0.005,),
+    lora_joint=True, max_extensions=1, toy_seeds=0,
+    budget="about 80 minutes on 2 CPU cores (45 of them the minilm preset's runs, reused "
+           "with --out reproduce-minilm)"))
+register_preset(Preset(
+    name="constrained",
+    description="constrained-update Muon for full fine-tuning (issue 10), on the tiny GPT and "
+                "on MiniLM",
+    parts=("constrained-gpt", "constrained-minilm"),
+    budget="about 2 hours on 2 CPU cores"))
+
+
 def get_preset(name: str) -> Preset:
     """The registered preset ``name`` (ConfigError listing the known ones)."""
     if name not in PRESETS:
@@ -184,32 +315,42 @@ def get_preset(name: str) -> Preset:
 def sweep_specs(preset: Preset) -> list[dict[str, Any]]:
     """The preset's sweeps as plain mappings (what ``muonft sweep`` reads from YAML)."""
     inits = preset.init_names()
-    base = {**preset.finetune, "lora": {"rank": preset.lora_rank, "alpha": preset.lora_alpha}}
+    base = {"kind": preset.kind, **preset.finetune,
+            "lora": {"rank": preset.lora_rank, "alpha": preset.lora_alpha}}
     adaptive = {"enabled": preset.max_extensions > 0,
                 "max_extensions": preset.max_extensions}
     seeds = list(preset.seeds)
+    methods = list(preset.methods)
+    lrs = {k: v for k, v in preset.lrs.items() if k.partition("/")[2] in ("", *methods)}
     lora_lrs = {k: v for k, v in preset.lrs.items() if k.endswith("/lora")}
-    out = [{
-        "name": f"{preset.name}-mismatch", "base": base, "seeds": seeds, "adaptive": adaptive,
-        "grid": {"init": list(inits.values()), "optimizer": ["adamw", "muon"],
-                 "method": ["full", "lora"], "lr": dict(preset.lrs)},
-    }]
-    if preset.ranks:
-        out.append({
-            "name": f"{preset.name}-rank", "base": {**base, "method": "lora"}, "seeds": seeds,
-            "adaptive": adaptive,
-            "grid": {"init": [inits[p] for p in preset.rank_pretrained if p in inits],
-                     "optimizer": ["adamw", "muon"], "lora.rank": list(preset.ranks),
-                     "lr": lora_lrs},
-        })
-    if preset.variants:
-        out.append({
-            "name": f"{preset.name}-variants", "base": {**base, "method": "lora"},
-            "seeds": seeds, "adaptive": adaptive,
-            "grid": {"init": [inits.get("adamw", next(iter(inits.values())))],
-                     "optimizer": list(preset.variant_optimizers),
-                     "lora.variant": list(preset.variants), "lr": lora_lrs},
-        })
+    adam_init = inits.get("adamw", next(iter(inits.values())))
+
+    def sweep(suffix: str, grid: dict[str, Any], **base_kw: Any) -> dict[str, Any]:
+        return {"name": f"{preset.name}-{suffix}", "base": {**base, **base_kw}, "seeds": seeds,
+                "adaptive": adaptive, "grid": grid}
+
+    out = [sweep("mismatch", {"init": list(inits.values()), "optimizer": ["adamw", "muon"],
+                              "method": methods, "lr": lrs})]
+    if preset.ranks and "lora" in methods:
+        out.append(sweep("rank", {
+            "init": [inits[p] for p in preset.rank_pretrained if p in inits],
+            "optimizer": ["adamw", "muon"], "lora.rank": list(preset.ranks), "lr": lora_lrs},
+            method="lora"))
+    if preset.variants and "lora" in methods:
+        out.append(sweep("variants", {
+            "init": [adam_init], "optimizer": list(preset.variant_optimizers),
+            "lora.variant": list(preset.variants), "lr": lora_lrs}, method="lora"))
+    muon_full = {"muon": preset.lrs["muon/full"]} if "muon/full" in preset.lrs else {}
+    if preset.update_ranks and muon_full:
+        out.append(sweep("lowrank", {"init": [adam_init],
+                                     "update_rank": list(preset.update_ranks),
+                                     "lr": muon_full}, optimizer="muon", method="full"))
+    if preset.max_drifts and muon_full:
+        out.append(sweep("drift", {"init": [adam_init], "max_drift": list(preset.max_drifts),
+                                   "lr": muon_full}, optimizer="muon", method="full"))
+    if preset.lora_joint and "muon/lora" in preset.lrs:
+        out.append(sweep("joint", {"init": [adam_init], "lr": {"muon": preset.lrs["muon/lora"]}},
+                         optimizer="muon", method="lora", lora_muon="joint"))
     return out
 
 
@@ -227,12 +368,20 @@ class ReproduceResult:
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
 
-def _pretrain_job(spec: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
+def _pretrain_job(spec: dict[str, Any], out: str, threads: int, family: str = "gpt"
+                  ) -> dict[str, Any]:
+    if family == "vision":
+        from muonft.train.vision import vision_pretrain
+
+        rec = vision_pretrain(spec, Path(out), threads=threads, progress=False,
+                              checkpoint_every=100)
+        return {"status": rec["status"], "resumed": rec.get("resumed"),
+                "val": ("val accuracy", rec["metrics"].get("val_accuracy"))}
     from muonft.train.pretrain import pretrain
 
     rec = pretrain(spec, Path(out), threads=threads, progress=False, checkpoint_every=50)
-    return {"status": rec["status"], "val_loss": rec["metrics"].get("val_loss"),
-            "resumed": rec.get("resumed")}
+    return {"status": rec["status"], "resumed": rec.get("resumed"),
+            "val": ("val loss", rec["metrics"].get("val_loss"))}
 
 
 def pretrain_stage(preset: Preset, *, workers: int, log: Callable[[str], None]
@@ -245,7 +394,7 @@ def pretrain_stage(preset: Preset, *, workers: int, log: Callable[[str], None]
 
     jobs = {opt: (preset.pretrain_spec(opt),
                   cache_dir() / "checkpoints" / preset.checkpoint_name(opt))
-            for opt in ("adamw", "muon")}
+            for opt in preset.pretrained}
     cores = os.cpu_count() or 1
     n = max(1, min(workers, len(jobs)))
     threads = max(1, cores // n)
@@ -254,11 +403,11 @@ def pretrain_stage(preset: Preset, *, workers: int, log: Callable[[str], None]
         f"{n} process(es) × {threads} thread(s); checkpoints in {cache_dir() / 'checkpoints'}")
     if n == 1:
         for opt, (spec, out) in jobs.items():
-            res = _pretrain_job(spec, str(out), threads)
+            res = _pretrain_job(spec, str(out), threads, preset.family)
             log(_pretrain_line(opt, res, t0))
     else:
         with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_pretrain_job, spec, str(out), threads): opt
+            futs = {ex.submit(_pretrain_job, spec, str(out), threads, preset.family): opt
                     for opt, (spec, out) in jobs.items()}
             for f in as_completed(futs):
                 log(_pretrain_line(futs[f], f.result(), t0))
@@ -267,8 +416,8 @@ def pretrain_stage(preset: Preset, *, workers: int, log: Callable[[str], None]
 
 def _pretrain_line(opt: str, res: dict[str, Any], t0: float) -> str:
     how = "reused" if res.get("resumed") == "already finished" else res["status"]
-    val = res.get("val_loss")
-    val_s = f"val loss {val:.3f}" if isinstance(val, float) else "no val loss"
+    name, val = res["val"]
+    val_s = f"{name} {val:.3f}" if isinstance(val, float) else f"no {name}"
     return f"  {opt}-pretrained: {how}, {val_s} ({time.perf_counter() - t0:.0f} s)"
 
 
@@ -304,6 +453,9 @@ def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
+    if p.parts:
+        return _reproduce_parts(p, out, workers=workers, progress=progress, log=log,
+                                skip_toy=skip_toy)
     w, t = default_workers_threads(workers, None)
     res = ReproduceResult(out=out, report=out / "report" / "report.md")
     specs = [parse_sweep_spec(s, f"preset {p.name}") for s in sweep_specs(p)]
@@ -314,7 +466,13 @@ def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
     for name in p.corpora():
         if not corpus_path(name).exists():
             fetch(name, progress=lambda m: log(f"  {m}"))
-    if p.family == "gpt":
+    if p.family == "vision":
+        from muonft.data.images import fetch_images, image_path
+
+        for name in p.image_sets():
+            if not image_path(name).exists():
+                fetch_images(name, progress=lambda m: log(f"  {m}"))
+    elif p.family == "gpt":
         pspec = p.pretrain_spec("adamw")
         tok = get_tokenizer(pspec["vocab_size"], corpus=pspec["tokenizer_corpus"])
         task = str(p.finetune.get("task", "lm:rt"))
@@ -330,7 +488,7 @@ def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
     log(f"[1/5] data ready ({res.stages['data']:.0f} s)")
 
     t0 = time.perf_counter()
-    if p.family == "gpt":
+    if p.family in ("gpt", "vision"):
         res.checkpoints = pretrain_stage(p, workers=max(1, w), log=log)
         log(f"[2/5] pretrained models ready ({time.perf_counter() - t0:.0f} s)")
     else:
@@ -356,6 +514,32 @@ def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
     res.report = write_report(out)
     res.stages["report"] = time.perf_counter() - t0
     log(f"[5/5] report written ({res.stages['report']:.0f} s)")
+    return res
+
+
+def _reproduce_parts(p: Preset, out: Path, *, workers: int | None, progress: bool,
+                     log: Callable[[str], None], skip_toy: bool) -> ReproduceResult:
+    """Run each part preset of ``p`` into ``out/<part>/`` and write an index report."""
+    from muonft.report.study import write_index_report
+
+    log(f"muonft reproduce --preset {p.name}: {p.description} ({p.budget}); parts "
+        f"{', '.join(p.parts)}; output in {out}")
+    res = ReproduceResult(out=out, report=out / "report" / "report.md")
+    reports = {}
+    for part in p.parts:
+        t0 = time.perf_counter()
+        r = reproduce(part, out / part, workers=workers, progress=progress, log=log,
+                      skip_toy=skip_toy)
+        reports[part] = r.report
+        res.stages[part] = time.perf_counter() - t0
+        res.sweeps += r.sweeps
+        res.checkpoints.update(r.checkpoints)
+    t0 = time.perf_counter()
+    res.report = write_index_report(out, {part: (PRESETS[part].description, path)
+                                          for part, path in reports.items()},
+                                    title=f"muonft reproduce --preset {p.name}")
+    res.stages["report"] = time.perf_counter() - t0
+    log(f"index report written: {res.report}")
     return res
 
 

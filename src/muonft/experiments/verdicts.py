@@ -386,12 +386,118 @@ def claim_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, 
                    half, "Welch contrast at each cell's best LR")
 
 
+# ---------------------------------------------------------------------------------------------
+# Constrained-update Muon (issue 10): does a scheme bring full-FT Muon level with AdamW?
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def scheme_of(row: pd.Series | dict[str, Any]) -> str:
+    """A readable name of a cell's fine-tuning scheme: ``AdamW full``, ``Muon full``,
+    ``Muon update_rank=4``, ``Muon max_drift=0.05``, ``Muon LoRA r8``, ``Muon LoRA joint r8``,
+    ``AdamW LoRA r8`` (variants other than plain LoRA are appended)."""
+    opt = "Muon" if row.get("optimizer") == "muon" else "AdamW"
+    if row.get("method") == "full":
+        r, rho = _num(row.get("update_rank")), _num(row.get("max_drift"))
+        extra = ([f"update_rank={int(r)}"] if r else []) + \
+                ([f"max_drift={rho:g}"] if rho else [])
+        return f"{opt} {' '.join(extra) or 'full'}"
+    rank = _num(row.get("lora.rank"))
+    parts = [opt, "LoRA"]
+    if row.get("lora_muon") == "joint":
+        parts.append("joint")
+    variant = row.get("lora.variant")
+    if isinstance(variant, str) and variant != "lora":
+        parts.append(variant)
+    parts.append(f"r{int(rank)}" if rank else "r?")
+    return " ".join(parts)
+
+
+def _is_constrained(row: pd.Series) -> bool:
+    return bool(_num(row.get("update_rank")) or _num(row.get("max_drift"))
+                or row.get("lora_muon") == "joint")
+
+
+def _context_key(row: pd.Series) -> tuple:
+    """What must be equal for two cells to be compared: init, task and budget."""
+    return tuple(str(row.get(k)) for k in ("init", "task", "steps"))
+
+
+def _values_at_best(frame: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
+    if metric not in frame:
+        return np.array([])
+    at = frame[(frame.cell == row.cell) & (frame.lr == row.best_lr) & (frame.status == "done")]
+    v = at[metric].astype(float).to_numpy()
+    return v[np.isfinite(v)]
+
+
+def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per constrained-update Muon cell (``update_rank``, ``max_drift``, ``lora_muon:
+    joint``) and per plain full-FT Muon / LoRA Muon cell of the same init, compared with AdamW
+    full fine-tuning of that init at each one's best LR.
+
+    ``gap`` = badness(scheme) − badness(AdamW full) in the reported metric (> 0: worse) with a
+    95% Welch CI; ``forgetting_gap`` the same for ``forgetting``. The issue-10 target:
+    ``within_adamw_ci`` (the scheme's mean is better than AdamW's, or within AdamW's own 95%
+    seed CI), ``forgets_no_more`` (mean forgetting ≤ AdamW's mean + its CI half-width), and
+    ``meets_target`` = both."""
+    from muonft.experiments.aggregate import t_ci_halfwidth
+
+    cols = ["scheme", "init", "best_lr", "edge", "metric", "mean", "ci95", "n", "adamw_mean",
+            "adamw_ci95", "gap", "gap_ci", "forgetting", "adamw_forgetting", "forgetting_gap",
+            "forgetting_gap_ci", "within_adamw_ci", "forgets_no_more", "meets_target"]
+    if best is None:
+        best = best_lr_table(frame) if frame is not None and not frame.empty else pd.DataFrame()
+    if best.empty or "update_rank" not in best:
+        return pd.DataFrame(columns=cols)
+    if not any(_is_constrained(r) for _, r in best.iterrows()):
+        return pd.DataFrame(columns=cols)
+    refs = {_context_key(r): r for _, r in best.iterrows()
+            if r.optimizer == "adamw" and r.method == "full"}
+    rows = []
+    for _, r in best.iterrows():
+        if r.optimizer != "muon" or _context_key(r) not in refs:
+            continue
+        variant = r.get("lora.variant")
+        if r.method == "lora" and isinstance(variant, str) and variant != "lora":
+            continue
+        ref = refs[_context_key(r)]
+        gap, gap_half, _ = contrast_ci([(_bad(r), 1.0), (_bad(ref), -1.0)])
+        f_s, f_a = _values_at_best(frame, r, "forgetting"), _values_at_best(frame, ref,
+                                                                            "forgetting")
+        fgap, fhalf, _ = contrast_ci([(f_s, 1.0), (f_a, -1.0)])
+        a_ci = ref.ci95 if math.isfinite(ref.ci95) else 0.0
+        better = gap <= 0
+        within = bool(better or (math.isfinite(gap) and abs(gap) <= a_ci))
+        f_ci = t_ci_halfwidth(f_a)
+        no_more = bool(len(f_s) and len(f_a) and
+                       f_s.mean() <= f_a.mean() + (f_ci if math.isfinite(f_ci) else 0.0))
+        rows.append({
+            "scheme": scheme_of(r), "init": r.init, "best_lr": r.best_lr, "edge": r.edge,
+            "metric": r.metric, "mean": r["mean"], "ci95": r.ci95, "n": r.n,
+            "adamw_mean": ref["mean"], "adamw_ci95": ref.ci95, "gap": gap, "gap_ci": gap_half,
+            "forgetting": float(f_s.mean()) if len(f_s) else math.nan,
+            "adamw_forgetting": float(f_a.mean()) if len(f_a) else math.nan,
+            "forgetting_gap": fgap, "forgetting_gap_ci": fhalf, "within_adamw_ci": within,
+            "forgets_no_more": no_more, "meets_target": within and no_more})
+    rows.sort(key=lambda d: (d["init"], d["scheme"] != "Muon full", d["scheme"]))
+    return pd.DataFrame(rows, columns=cols)
+
+
 def claims_table(frame: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.DataFrame:
     """All claims 2–6 as a DataFrame (one row per claim; see :class:`ClaimResult`), from a
     runs frame (:func:`muonft.experiments.aggregate.runs_frame`) and a diagnostics frame."""
+    from muonft.experiments.aggregate import without_constrained
+
     cols = list(ClaimResult.__dataclass_fields__)
     if frame is None or frame.empty:
         return pd.DataFrame(columns=cols)
+    frame = without_constrained(frame)  # the claims are about plain Muon vs AdamW
     best = best_lr_table(frame)
     if best.empty:
         return pd.DataFrame(columns=cols)

@@ -296,12 +296,122 @@ def fig_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, ou
     return path
 
 
+def fig_constrained_gap(best: pd.DataFrame, ctab: pd.DataFrame, out: Path) -> Path | str:
+    """Muon − AdamW gap vs rank: low-rank Muon full fine-tuning (``update_rank`` r, vs AdamW
+    full) next to LoRA (Muon vs AdamW LoRA at rank r), with plain full Muon as a reference
+    line; and the gap vs the drift budget ρ (``max_drift``)."""
+    from muonft.experiments.verdicts import _bad, _mismatch_pairs, _num, contrast_ci
+
+    if ctab.empty:
+        return "no constrained-update runs"
+    low = [(int(_num(s.split("=")[1])), g, h) for s, g, h in
+           zip(ctab.scheme, ctab.gap, ctab.gap_ci) if "update_rank=" in s]
+    drift = [(float(s.split("=")[1]), g, h) for s, g, h in
+             zip(ctab.scheme, ctab.gap, ctab.gap_ci) if "max_drift=" in s]
+    plain = ctab[ctab.scheme == "Muon full"]
+    inits = set(ctab.init)
+    lora = best[(best.method == "lora") & best.init.isin(inits)]
+    if "lora.variant" in lora:
+        lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
+    if "lora_muon" in lora:
+        lora = lora[lora["lora_muon"].fillna("independent") != "joint"]
+    lora_pts = []
+    for r, g in lora.groupby("lora.rank"):
+        for _, mis, mat in _mismatch_pairs(g, "lora"):
+            est, half, _ = contrast_ci([(_bad(mis), 1.0), (_bad(mat), -1.0)])
+            lora_pts.append((int(r), est, half))
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
+    for pts, label, color in ((sorted(low), "low-rank Muon (update_rank r) − AdamW full",
+                               "tab:red"),
+                              (sorted(lora_pts), "Muon LoRA − AdamW LoRA (rank r)",
+                               "tab:green")):
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                        yerr=[0 if math.isnan(p[2]) else p[2] for p in pts], marker="o",
+                        capsize=3, label=label, color=color)
+    if len(plain):
+        ax.axhline(float(plain.gap.iloc[0]), color="tab:red", ls="--", lw=1,
+                   label="full Muon − AdamW full")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("Muon − AdamW (worse > 0)")
+    ax.set_title("gap vs update rank and vs LoRA rank", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    if drift:
+        drift.sort()
+        ax.errorbar([p[0] for p in drift], [p[1] for p in drift],
+                    yerr=[0 if math.isnan(p[2]) else p[2] for p in drift], marker="o",
+                    capsize=3, color="tab:purple", label="drift-budget Muon − AdamW full")
+        if len(plain):
+            ax.axhline(float(plain.gap.iloc[0]), color="tab:red", ls="--", lw=1,
+                       label="full Muon − AdamW full")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("drift budget ρ (max ‖W−W₀‖/‖W₀‖)")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no drift-budget runs", ha="center", transform=ax.transAxes)
+    ax.set_title("gap vs drift budget", fontsize=10)
+    fig.tight_layout()
+    path = atomic_savefig(fig, out / "constrained_gap.png")
+    plt.close(fig)
+    return path
+
+
+def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.DataFrame,
+                             out: Path) -> Path | str:
+    """Forgetting vs target improvement over LRs for AdamW full, full Muon, LoRA Muon,
+    low-rank Muon and drift-budget Muon (the inits with constrained runs)."""
+    from muonft.experiments.verdicts import scheme_of
+
+    need = {"forgetting_mean", "zero_shot_mean"}
+    if ctab.empty or lt.empty or not need <= set(lt):
+        return "no constrained-update runs with `forgetting` and `zero_shot` recorded"
+    cells = frame[frame.init.isin(set(ctab.init))].drop_duplicates("cell").set_index("cell")
+    cells = cells[(cells.optimizer == "muon") | (cells.method == "full")]
+    if "lora.variant" in cells:
+        cells = cells[(cells.method == "full") |
+                      (cells["lora.variant"].fillna("lora") == "lora")]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for k, (cell, row) in enumerate(cells.iterrows()):
+        g = lt[lt.cell == cell].sort_values("lr")
+        g = g[np.isfinite(g.forgetting_mean.astype(float))]
+        if g.empty:
+            continue
+        sign = 1.0 if row.higher_is_better else -1.0
+        x = sign * (g["mean"] - g["zero_shot_mean"])
+        name = scheme_of(row)
+        style = "s-" if name == "AdamW full" else "o-"
+        ax.plot(x, g.forgetting_mean, style, color="k" if name == "AdamW full" else cmap(k % 10),
+                label=name, ms=4)
+    ax.set_xlabel("target improvement over zero-shot")
+    ax.set_ylabel("forgetting")
+    ax.set_title("forgetting vs adaptation over LRs, constrained schemes", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = atomic_savefig(fig, out / "constrained_frontier.png")
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 
 def write_report(where: str | Path, sweep: str | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNG figures under ``WHERE/report/`` from
     ``WHERE/results.sqlite``; returns the path of report.md."""
-    from muonft.experiments.aggregate import best_lr_table, cell_label, lr_table, runs_frame
+    from muonft.experiments.aggregate import (
+        best_lr_table,
+        cell_label,
+        lr_table,
+        runs_frame,
+        without_constrained,
+    )
     from muonft.experiments.verdicts import claims_table
     from muonft.store import Store
 
@@ -345,8 +455,9 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
         doc.p("No cell has a finished run.")
     else:
         t = best.copy()
-        varying = [f for f in ("init", "task", "steps", "muon.scale") if f in frame and
-                   frame[f].nunique() > 1]
+        varying = [f for f in ("init", "task", "steps", "muon.scale", "update_rank",
+                               "max_drift", "lora_muon")
+                   if f in frame and frame[f].nunique(dropna=False) > 1]
         t["cell"] = [cell_label(r, varying) for _, r in t.iterrows()]
         t["edge"] = t["edge"].map(lambda e: f"AT {e.upper()} EDGE" if e else "interior")
         t["lrs"] = t["lrs"].map(lambda v: ", ".join(f"{x:g}" for x in v))
@@ -362,13 +473,16 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
         doc.table(events[["kind", "message"]])
 
     doc.h("Figures")
-    shown = _lora_main(frame)
+    plain = without_constrained(frame)
+    best_plain = best_lr_table(plain) if len(plain) < len(frame) else best
+    shown = _lora_main(plain)
     shown_lt = lt[lt.cell.isin(set(shown.cell))]
     figures = [
         ("LR sweeps: target metric (seed mean ± std) vs LR per fine-tuning optimizer, "
          "panels pretrained × method",
          fig_metric_vs_x(shown, shown_lt, out, "lr_sweep", "mean", "target (validation)")),
-        ("Muon − AdamW mismatch gap under full vs LoRA, and vs LoRA rank", fig_gaps(best, out)),
+        ("Muon − AdamW mismatch gap under full vs LoRA, and vs LoRA rank",
+         fig_gaps(best_plain, out)),
         ("Forgetting vs target improvement over LRs (frontier)",
          fig_frontier(shown_lt, shown, out)),
         ("Relative L2 drift of the weights vs LR",
@@ -377,13 +491,15 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
          fig_metric_vs_x(shown, shown_lt, out, "update_rms", "mean", "target (validation)",
                          x="update_rms_mean", xlabel="mean update RMS per step")),
         ("Stable rank and spectral entropy of the update per layer group, AdamW vs Muon",
-         fig_spectral(best, frame, diag, out)),
+         fig_spectral(best_plain, plain, diag, out)),
     ]
     for caption, res in figures:
         if isinstance(res, Path):
             doc.img(res, caption)
         else:
             doc.p(f"*{caption}*: not drawn — {res}.")
+
+    constrained_section(doc, frame, best, lt, out)
 
     bad = frame[frame.status == "failed"]
     if len(bad):
@@ -392,6 +508,69 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
                                 "run": [cell_label(r) + f" lr={r['lr']:g} s{r['seed']}"
                                         for _, r in bad.iterrows()],
                                 "error": bad.error.fillna("").map(lambda e: e[:160])}))
+    return _write(doc, out)
+
+
+def constrained_section(doc: _Doc, frame: pd.DataFrame, best: pd.DataFrame, lt: pd.DataFrame,
+                        out: Path) -> None:
+    """The constrained-update Muon section (issue 10), when the store holds such runs."""
+    from muonft.experiments.verdicts import constrained_table
+
+    ctab = constrained_table(frame, best)
+    if ctab.empty:
+        return
+    doc.h("Constrained-update Muon vs AdamW full fine-tuning")
+    doc.p("Each Muon scheme at its best LR against AdamW full fine-tuning of the same model at "
+          "its best LR. `gap` = scheme − AdamW in the reported metric, oriented so that > 0 is "
+          "worse, with its 95% Welch CI half-width; `within_adamw_ci`: the scheme is better or "
+          "within AdamW's own 95% seed CI; `forgets_no_more`: its mean forgetting is at most "
+          "AdamW's mean + CI half-width; `meets_target` = both.")
+    t = ctab.copy()
+    t["edge"] = t["edge"].map(lambda e: f"AT {e.upper()} EDGE" if e else "interior")
+    doc.table(t)
+    met = ctab[ctab.meets_target & (ctab.scheme != "Muon full")]
+    doc.p("Schemes meeting the target: " + (", ".join(met.scheme) if len(met) else "none")
+          + ".")
+    for caption, res in (
+            ("Muon − AdamW gap vs update rank (low-rank Muon) and vs LoRA rank; gap vs drift "
+             "budget", fig_constrained_gap(best, ctab, out)),
+            ("Forgetting vs target improvement over LRs per scheme",
+             fig_constrained_frontier(lt, frame, ctab, out))):
+        if isinstance(res, Path):
+            doc.img(res, caption)
+        else:
+            doc.p(f"*{caption}*: not drawn — {res}.")
+
+
+def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
+                       title: str = "muonft study report") -> Path:
+    """``WHERE/report/report.md`` (+ ``.html``) for a study made of parts: per part (name →
+    (description, path of its report.md)) a link to its own report and its claims table,
+    recomputed from the part's store."""
+    import os
+
+    from muonft.experiments.aggregate import runs_frame
+    from muonft.experiments.verdicts import claims_table
+    from muonft.store import Store
+
+    out = Path(where) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    doc = _Doc()
+    doc.h(title, 1)
+    doc.p(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; each part has its own store and "
+          f"full report. The claims tables below are computed from those stores.")
+    for name, (description, report) in parts.items():
+        doc.h(f"{name}: {description}")
+        doc.p(f"Full report: {os.path.relpath(report, out)}")
+        with Store(Path(report).parent.parent, create=False) as store:
+            frame = runs_frame(store)
+            diag = store.diagnostics()
+        claims = claims_table(frame, diag)
+        if claims.empty:
+            doc.p("No finished runs.")
+        else:
+            doc.table(claims[["claim", "measured", "estimate", "ci_low", "ci_high",
+                              "resolvable", "verdict"]])
     return _write(doc, out)
 
 
