@@ -364,7 +364,9 @@ def runs(
 @app.command()
 def reproduce(
     preset: str = typer.Option("quick", help="quick (demo, ≤ 10 min on 2 cores), cpu "
-                               "(thorough, ~2 h), gpu (one GPU)."),
+                               "(thorough, ~2 h), gpu (one GPU), vision (ViT), minilm "
+                               "(MiniLM on RT sentiment), smollm2 (LoRA), constrained "
+                               "(constrained-update Muon on the GPT and MiniLM)."),
     out: Path = typer.Option(None, help="Project dir (default: reproduce-<preset>)."),
     workers: int = typer.Option(None, help="Worker processes for the sweeps (default: one per "
                                 "core)."),
