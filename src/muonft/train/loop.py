@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from muonft.errors import CheckpointError
-from muonft.train.checkpoint import load_checkpoint, save_checkpoint
-from muonft.train.distributed import is_main, mean_across_ranks
+from muonft.train.checkpoint import open_checkpoint, save_checkpoint, save_sharded_checkpoint
+from muonft.train.distributed import is_main, is_sharded_model, mean_across_ranks
 
 SCHEDULES = ("constant", "cosine", "linear", "warmdown")
 # The TrainConfig fields that decide the LR at every step: a resumed run must agree on them.
@@ -203,10 +203,10 @@ def _base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
 def _resume(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             cfg: TrainConfig, spec: dict[str, Any] | None) -> RunState | None:
     """Load the latest checkpoint into model/optimizer/RNG after checking it belongs here."""
-    found = load_checkpoint(ckpt_dir)
+    found = open_checkpoint(ckpt_dir)
     if found is None:
         return None
-    step, weights, state = found
+    step, state = found.step, found.state
     saved_spec = state.get("spec")
     if spec is not None and saved_spec is not None and saved_spec != spec:
         diff = sorted(k for k in set(spec) | set(saved_spec) if spec.get(k) != saved_spec.get(k))
@@ -224,9 +224,8 @@ def _resume(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if step > cfg.steps:
         raise CheckpointError(f"checkpoint in {ckpt_dir} is at step {step}, past the "
                               f"{cfg.steps} steps asked for; use another directory")
-    try:
-        model.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
+    try:  # either layout, into a plain or a sharded (FSDP2) model
+        found.restore(model, optimizer)
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint in {ckpt_dir} does not fit this model/optimizer "
                               f"({str(e).splitlines()[0]}); use another directory") from None
@@ -370,12 +369,18 @@ def _evaluate(model: nn.Module, eval_fn: EvalFn, rs: RunState, cfg: TrainConfig,
 
 def _save(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rs: RunState,
           cfg: TrainConfig, spec: dict[str, Any] | None) -> None:
-    if not is_main():  # under DDP every rank holds the same state; rank 0 writes it
+    sharded = is_sharded_model(model)  # FSDP2: every rank writes its shards (DCP)
+    if not sharded and not is_main():  # under DDP every rank holds the same state
         return
     run = asdict(rs)
     run.pop("step")
-    state = {"format": 2, "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+    state = {"format": 2, "rng": _rng_state(),
              "schedule": {**cfg.schedule_state(), "base_lrs": _base_lrs(optimizer),
                           "lr_multiplier": lr_multiplier(rs.step, cfg)},
              "spec": spec, "run": run}
+    if sharded:
+        save_sharded_checkpoint(ckpt_dir, rs.step, model, optimizer, state,
+                                keep=cfg.keep_checkpoints)
+        return
+    state["optimizer"] = optimizer.state_dict()
     save_checkpoint(ckpt_dir, rs.step, model.state_dict(), state, keep=cfg.keep_checkpoints)

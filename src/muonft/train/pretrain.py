@@ -24,7 +24,7 @@ import torch
 from muonft.atomic import atomic_write_json
 from muonft.errors import CheckpointError, ConfigError
 from muonft.train.checkpoint import save_weights
-from muonft.train.loop import TrainConfig, default_loss, train
+from muonft.train.loop import TrainConfig, train
 
 OPTIMIZERS = ("adamw", "muon")
 # Per-optimizer defaults, chosen by the LR sweep recorded in the README.
@@ -115,12 +115,13 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_de
     raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
 
 
-def hidden_weight_stats(model: torch.nn.Module) -> dict[str, float]:
-    """RMS and mean spectral norm of the GPT's block matrices."""
+def hidden_weight_stats(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, float]:
+    """RMS and mean spectral norm of the GPT's block matrices (of a model, or of its full
+    state dict)."""
     from muonft.diagnostics import spectral_metrics
 
-    mats = [p.detach().float() for n, p in model.named_parameters()
-            if n.startswith("blocks.") and p.ndim == 2]
+    named = model.items() if isinstance(model, dict) else model.named_parameters()
+    mats = [p.detach().float() for n, p in named if n.startswith("blocks.") and p.ndim == 2]
     if not mats:
         return {}
     rms = math.sqrt(sum(float(m.square().sum()) for m in mats) / sum(m.numel() for m in mats))
@@ -170,7 +171,7 @@ def _check_writable(out: Path) -> None:
 
 def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | None = None,
              progress: bool = True, checkpoint_every: int = 100,
-             device: str | None = None) -> dict[str, Any]:
+             device: str | None = None, parallel: str | None = None) -> dict[str, Any]:
     """Run (or resume, or return the finished) pretraining described by ``spec``.
 
     ``spec`` holds any subset of :func:`default_spec`'s keys; ``out`` defaults to
@@ -180,7 +181,9 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     with ``metrics.val_loss`` the final validation loss on the pretraining corpus and
     ``hidden_rms`` / ``hidden_mean_spectral_norm`` of the block matrices. ``device``: ``auto``
     (default: CUDA when available) or a torch device; it is not part of the spec, so a run
-    may be resumed on another device.
+    may be resumed on another device. ``parallel`` (under ``torchrun``): ``ddp`` or ``fsdp``
+    (default ``$MUONFT_PARALLEL``, else ``ddp``; see :mod:`muonft.train.distributed`), not part
+    of the spec either: a run resumes at another world size and under the other mode.
     """
     from muonft.data import LMBatcher, get_tokenizer, load_lm_splits
     from muonft.models import build_gpt, model_config
@@ -199,12 +202,15 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
         return prev
     from muonft.train import distributed as dd
 
-    ctx = dd.setup(device)
+    ctx = dd.setup(device, parallel)
     dd.check_batch(spec["batch_size"], ctx)
     tok = get_tokenizer(spec["vocab_size"], corpus=spec["tokenizer_corpus"])
     splits = load_lm_splits(spec["corpus"], tok)
     torch.manual_seed(spec["seed"])
     model = build_gpt(spec["model"], vocab_size=tok.vocab_size).to(ctx.device)
+    # DDP all-reduces gradients (the loop keeps the plain module's names); FSDP2 shards the
+    # parameters in place, so the optimizer is built after
+    loss_fn = dd.parallelize(model, ctx)
     opt = build_optimizer(model, spec["optimizer"], spec["lr"], spec["weight_decay"])
     batcher = LMBatcher(splits.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     cfg = TrainConfig(steps=spec["steps"], schedule=spec["schedule"], warmup=spec["warmup"],
@@ -212,12 +218,6 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
                       checkpoint_every=checkpoint_every, threads=threads,
                       progress=progress and ctx.main,
                       description=f"pretrain {spec['model']} {spec['optimizer']}")
-    loss_fn = default_loss
-    if ctx.world > 1:  # DDP all-reduces gradients; the loop keeps the plain module's names
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-
-        def loss_fn(_m, batch):
-            return default_loss(ddp, batch)
     if ctx.main:
         atomic_write_json(out / "run.json", {"spec": spec, "status": "running"})
     try:
@@ -225,6 +225,7 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
                        spec=spec, loss_fn=loss_fn,
                        eval_fn=lm_eval_fn(splits.val, spec["block_size"], 32,
                                           spec["eval_batches"]))
+        weights = dd.full_state_dict(model)  # FSDP2: gathered to rank 0 (a collective)
     except BaseException:
         dd.teardown(ctx, wait=False)
         raise
@@ -232,14 +233,14 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
         dd.teardown(ctx)
         return {"spec": spec, "status": result["status"], "metrics": {}, "rank": ctx.rank}
     # Weights and config first, run.json last: a run.json saying "done" implies both exist.
-    save_weights(model.state_dict(), out / "model.safetensors")
+    save_weights(weights, out / "model.safetensors")
     atomic_write_json(out / "config.json", {
         **model_config(model), "pretrain_corpus": spec["corpus"],
         "tokenizer": {"corpus": spec["tokenizer_corpus"], "vocab_size": spec["vocab_size"]}})
     metrics = {"val_loss": result["final"].get("val_loss"),
                "best_val_loss": result["best"].get("val_loss"),
                "train_loss": result["train_loss"], "initial_loss": result["initial_loss"],
-               **hidden_weight_stats(model), **result["timings"]}
+               **hidden_weight_stats(weights), **result["timings"]}
     record = {"spec": spec, "status": result["status"], "metrics": metrics,
               "curves": result["curves"], "timings": result["timings"],
               "versions": {"torch": torch.__version__, "python": platform.python_version()},
