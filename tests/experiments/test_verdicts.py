@@ -54,6 +54,26 @@ def test_contrast_ci_equals_welch_for_two_groups():
     assert math.isnan(contrast_ci([(a, 1.0), ([1.0], -1.0)])[1])
 
 
+def test_contrast_ci_pairs_groups_that_share_their_seeds():
+    import pandas as pd
+
+    from muonft.experiments.verdicts import contrast_how
+
+    rng = np.random.default_rng(1)
+    luck = rng.normal(0, 1.0, 5)  # a seed effect both runs of a seed share
+    a = pd.Series(0.5 + luck + rng.normal(0, 0.05, 5), index=[4, 3, 2, 1, 0])
+    b = pd.Series(luck + rng.normal(0, 0.05, 5), index=[4, 3, 2, 1, 0])
+    est, half, df = contrast_ci([(a, 1.0), (b.sort_index(), -1.0)])  # order does not matter
+    ci = stats.ttest_rel(a.sort_index(), b.sort_index()).confidence_interval(0.95)
+    assert est - half == pytest.approx(ci.low) and est + half == pytest.approx(ci.high)
+    assert df == 4 and contrast_how([(a, 1.0), (b, -1.0)]).startswith("paired")
+    welch = contrast_ci([(a.to_numpy(), 1.0), (b.to_numpy(), -1.0)])
+    assert welch[0] == pytest.approx(est) and welch[1] > 5 * half  # pairing removed the luck
+    other = pd.Series(b.to_numpy(), index=[5, 6, 7, 8, 9])  # different seeds: not paired
+    assert contrast_ci([(a, 1.0), (other, -1.0)])[1] == pytest.approx(welch[1])
+    assert contrast_how([(a, 1.0), (other, -1.0)]).startswith("Welch")
+
+
 def test_verdict_rule():
     assert verdict_of(0.5, 0.1) == REPRODUCED
     assert verdict_of(-0.5, 0.1) == NOT_REPRODUCED

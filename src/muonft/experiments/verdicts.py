@@ -3,8 +3,12 @@
 Every claim is reduced to one number whose sign the claim predicts, with a 95% confidence
 interval over seeds:
 
-- differences of means are *linear contrasts* Σ cᵢ·meanᵢ of independent seed groups; their
-  standard error is √Σ cᵢ²sᵢ²/nᵢ and the degrees of freedom follow Welch–Satterthwaite,
+- differences of means are *linear contrasts* Σ cᵢ·meanᵢ of seed groups. When every group
+  holds the same seeds (the sweeps run every cell on the same seeds, and a seed fixes the
+  batch order, the new head's and the adapters' init), the contrast is *paired*: per seed
+  dₛ = Σ cᵢ·xᵢₛ, interval mean(d) ± t_{n−1}·sd(d)/√n — runs that share a seed share its luck,
+  and pairing removes it. Otherwise the groups are treated as independent: standard error
+  √Σ cᵢ²sᵢ²/nᵢ, degrees of freedom by Welch–Satterthwaite,
   ν = (Σ cᵢ²sᵢ²/nᵢ)² / Σ (cᵢ²sᵢ²/nᵢ)²/(nᵢ−1) (two groups: Welch's t-interval);
 - correlations (disruption vs LR) are within-cell Pearson correlations of log₁₀ LR with the
   metric (both centred per cell), with a Fisher-z interval, z ± 1.96/√(n − k − 3) for n runs in
@@ -52,12 +56,45 @@ class ClaimResult:
         return asdict(self)
 
 
-def contrast_ci(groups: list[tuple[np.ndarray | list[float], float]], level: float = 0.95
-                ) -> tuple[float, float, float]:
-    """(estimate, CI half-width, Welch–Satterthwaite df) of Σ cᵢ·mean(xᵢ) over independent
-    groups ``(xᵢ, cᵢ)``; NaN half-width if any group has fewer than 2 values."""
+def _paired_seeds(groups: list[tuple[Any, float]]) -> list | None:
+    """The common seeds when every group is a seed-indexed ``pd.Series`` over the same ≥ 2
+    distinct seeds (then the contrast is paired), else None."""
+    if not groups or not all(isinstance(v, pd.Series) for v, _ in groups):
+        return None
+    first = groups[0][0].index
+    if len(first) < 2 or not first.is_unique:
+        return None
+    if any(not (v.index.is_unique and set(v.index) == set(first)) for v, _ in groups):
+        return None
+    return sorted(first)
+
+
+def contrast_how(groups: list[tuple[Any, float]]) -> str:
+    """How :func:`contrast_ci` treats ``groups``: paired over their common seeds, or Welch."""
+    seeds = _paired_seeds(groups)
+    return (f"paired contrast over {len(seeds)} common seeds" if seeds
+            else "Welch contrast over seeds")
+
+
+def contrast_ci(groups: list[tuple[np.ndarray | list[float] | pd.Series, float]],
+                level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, CI half-width, df) of Σ cᵢ·mean(xᵢ) over groups ``(xᵢ, cᵢ)``.
+
+    Paired (df = n − 1) when every xᵢ is a seed-indexed Series over the same seeds, else the
+    groups are independent (Welch–Satterthwaite df); NaN half-width when a group has fewer
+    than 2 values. The estimate is the same either way."""
     from scipy.special import stdtrit
 
+    seeds = _paired_seeds(groups)
+    if seeds is not None:
+        d = sum(c * v.reindex(seeds).to_numpy(dtype=float) for v, c in groups)
+        if not np.isfinite(d).all():
+            seeds = None
+        else:
+            sd = float(np.std(d, ddof=1))
+            half = 0.0 if sd == 0 else float(stdtrit(len(d) - 1, (1 + level) / 2) * sd
+                                               / math.sqrt(len(d)))
+            return float(d.mean()), half, float(len(d) - 1)
     est, var, denom = 0.0, 0.0, 0.0
     for values, c in groups:
         v = np.asarray(values, dtype=float)
@@ -111,9 +148,12 @@ def _pair_key(cell: str, drop: tuple[str, ...] = ("optimizer", "muon")) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _bad(row: pd.Series) -> np.ndarray:
+def _bad(row: pd.Series) -> pd.Series:
+    """The reported metric at a cell's best LR as badness, indexed by seed."""
     v = np.asarray(row["values"], dtype=float)
-    return -v if row["higher_is_better"] else v
+    seeds = row.get("seeds")
+    index = list(seeds) if seeds is not None and len(seeds) == len(v) else None
+    return pd.Series(-v if row["higher_is_better"] else v, index=index, dtype=float)
 
 
 def _mismatch_pairs(best: pd.DataFrame, method: str) -> list[tuple[str, pd.Series, pd.Series]]:
@@ -153,7 +193,7 @@ def claim_mismatch_full(best: pd.DataFrame) -> ClaimResult:
     parts = [f"{pre}-pretrained: {(_bad(mis).mean() - _bad(mat).mean()):+.4g}"
              for pre, mis, mat in pairs]
     return _result("2", st, f"gap {est:+.4g} ({'; '.join(parts)}) in {pairs[0][1]['metric']}",
-                   est, half, "Welch contrast over seeds at each cell's best LR")
+                   est, half, f"{contrast_how(groups)} at each cell's best LR")
 
 
 WINDOW_TOL = 0.1  # an LR is "good" when it keeps ≥ 90% of the best run's improvement
@@ -246,7 +286,7 @@ def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
     gf = np.mean([_bad(full_pairs[p][0]).mean() - _bad(full_pairs[p][1]).mean() for p in common])
     gl = np.mean([_bad(lora_pairs[p][0]).mean() - _bad(lora_pairs[p][1]).mean() for p in common])
     return _result("4a", st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
-                   f"difference {est:+.4g}", est, half, "Welch contrast of two gaps")
+                   f"difference {est:+.4g}", est, half, f"{contrast_how(groups)}, two gaps")
 
 
 def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
@@ -275,7 +315,7 @@ def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
         f"r{r}: {np.mean([_bad(by_rank[r][p][0]).mean() - _bad(by_rank[r][p][1]).mean() for p in pres]):+.3g}"  # noqa: E501
         for r in ranks)
     return _result("4b", st, f"slope {est:+.4g} per doubling ({gaps})", est, half,
-                   "Welch contrast (least-squares slope)")
+                   f"{contrast_how(groups)} (least-squares slope)")
 
 
 def claim_variants(best: pd.DataFrame) -> list[ClaimResult]:
@@ -299,10 +339,10 @@ def claim_variants(best: pd.DataFrame) -> list[ClaimResult]:
         if not groups:
             continue
         k = len(groups)
-        est, half, _ = contrast_ci([(_bad(v), 1 / k) for v, _ in groups] +
-                                   [(_bad(b), -1 / k) for _, b in groups])
+        cg = [(_bad(v), 1 / k) for v, _ in groups] + [(_bad(b), -1 / k) for _, b in groups]
+        est, half, _ = contrast_ci(cg)
         out.append(_result(f"5 ({variant})", st, f"{variant} − lora {est:+.4g}", est, half,
-                           "Welch contrast at each cell's best LR"))
+                           f"{contrast_how(cg)} at each cell's best LR"))
     return out or [_no_data("5", st, "Muon LoRA cells with a variant and plain LoRA")]
 
 
@@ -372,18 +412,19 @@ def claim_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, 
     for m, a in pairs:
         vals = []
         for row in (m.iloc[0], a.iloc[0]):
-            ids = frame[(frame.cell == row.cell) & (frame.lr == row.best_lr) &
-                        (frame.status == "done")].run_id
-            vals.append(per_run.reindex(ids).dropna().to_numpy())
+            sel = frame[(frame.cell == row.cell) & (frame.lr == row.best_lr) &
+                        (frame.status == "done")]
+            vals.append(pd.Series(per_run.reindex(sel.run_id).to_numpy(dtype=float),
+                                  index=sel.seed.to_numpy()).dropna())
         if len(vals[0]) and len(vals[1]):
             groups.append(vals)
             n_pairs += 1
     if not groups:
         return _no_data(claim, st, "matched Muon/AdamW cells with update diagnostics")
-    est, half, _ = contrast_ci([(v[0], 1 / n_pairs) for v in groups] +
-                               [(v[1], -1 / n_pairs) for v in groups])
+    cg = [(v[0], 1 / n_pairs) for v in groups] + [(v[1], -1 / n_pairs) for v in groups]
+    est, half, _ = contrast_ci(cg)
     return _result(claim, st, f"Muon − AdamW {est:+.4g} over {n_pairs} cell pair(s)", est,
-                   half, "Welch contrast at each cell's best LR")
+                   half, f"{contrast_how(cg)} at each cell's best LR")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,11 +469,12 @@ def _context_key(row: pd.Series) -> tuple:
     return tuple(str(row.get(k)) for k in ("init", "task", "steps"))
 
 
-def _values_at_best(frame: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
+def _values_at_best(frame: pd.DataFrame, row: pd.Series, metric: str) -> pd.Series:
+    """``metric`` of a cell's finished runs at its best LR, indexed by seed."""
     if metric not in frame:
-        return np.array([])
+        return pd.Series([], dtype=float)
     at = frame[(frame.cell == row.cell) & (frame.lr == row.best_lr) & (frame.status == "done")]
-    v = at[metric].astype(float).to_numpy()
+    v = pd.Series(at[metric].astype(float).to_numpy(), index=at.seed.to_numpy())
     return v[np.isfinite(v)]
 
 
@@ -442,7 +484,8 @@ def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> 
     full fine-tuning of that init at each one's best LR.
 
     ``gap`` = badness(scheme) − badness(AdamW full) in the reported metric (> 0: worse) with a
-    95% Welch CI; ``forgetting_gap`` the same for ``forgetting``. The issue-10 target:
+    95% CI (paired over common seeds, else Welch; ``how``); ``forgetting_gap`` the same for
+    ``forgetting``. The issue-10 target:
     ``within_adamw_ci`` (the scheme's mean is better than AdamW's, or within AdamW's own 95%
     seed CI), ``forgets_no_more`` (mean forgetting ≤ AdamW's mean + its CI half-width), and
     ``meets_target`` = both."""
@@ -450,7 +493,7 @@ def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> 
 
     cols = ["scheme", "init", "best_lr", "edge", "metric", "mean", "ci95", "n", "adamw_mean",
             "adamw_ci95", "gap", "gap_ci", "forgetting", "adamw_forgetting", "forgetting_gap",
-            "forgetting_gap_ci", "within_adamw_ci", "forgets_no_more", "meets_target"]
+            "forgetting_gap_ci", "within_adamw_ci", "forgets_no_more", "meets_target", "how"]
     if best is None:
         best = best_lr_table(frame) if frame is not None and not frame.empty else pd.DataFrame()
     if best.empty or "update_rank" not in best:
@@ -484,7 +527,8 @@ def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> 
             "forgetting": float(f_s.mean()) if len(f_s) else math.nan,
             "adamw_forgetting": float(f_a.mean()) if len(f_a) else math.nan,
             "forgetting_gap": fgap, "forgetting_gap_ci": fhalf, "within_adamw_ci": within,
-            "forgets_no_more": no_more, "meets_target": within and no_more})
+            "forgets_no_more": no_more, "meets_target": within and no_more,
+            "how": contrast_how([(_bad(r), 1.0), (_bad(ref), -1.0)])})
     rows.sort(key=lambda d: (d["init"], d["scheme"] != "Muon full", d["scheme"]))
     return pd.DataFrame(rows, columns=cols)
 

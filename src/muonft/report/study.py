@@ -190,7 +190,8 @@ def _log_ticks(ax: Any, values: pd.Series | None) -> None:
 
 def fig_gaps(best: pd.DataFrame, out: Path) -> Path | str:
     """Muon − AdamW gap (badness of the mismatched minus the matched optimizer at each one's
-    best LR, ± 95% Welch CI) under full vs LoRA, and vs LoRA rank."""
+    best LR, ± 95% CI, paired over common seeds where they match) under full vs LoRA, and
+    vs LoRA rank."""
     from muonft.experiments.verdicts import _bad, _mismatch_pairs, contrast_ci
 
     def gap(mis: pd.Series, mat: pd.Series) -> tuple[float, float]:
@@ -522,7 +523,8 @@ def constrained_section(doc: _Doc, frame: pd.DataFrame, best: pd.DataFrame, lt: 
     doc.h("Constrained-update Muon vs AdamW full fine-tuning")
     doc.p("Each Muon scheme at its best LR against AdamW full fine-tuning of the same model at "
           "its best LR. `gap` = scheme − AdamW in the reported metric, oriented so that > 0 is "
-          "worse, with its 95% Welch CI half-width; `within_adamw_ci`: the scheme is better or "
+          "worse, with its 95% CI half-width (`how`: paired over the common seeds, else "
+          "Welch); `within_adamw_ci`: the scheme is better or "
           "within AdamW's own 95% seed CI; `forgets_no_more`: its mean forgetting is at most "
           "AdamW's mean + CI half-width; `meets_target` = both.")
     t = ctab.copy()
