@@ -63,17 +63,23 @@ def finetune(
                                     "matrix (full FT; binds counted in the metrics)."),
     lora_muon: str = typer.Option(None, help="Muon with LoRA: independent (default) or joint "
                                   "(A, B stepped so the change of BA is orthogonalized)."),
+    checkpoint_every: int = typer.Option(50, help="Checkpoint every K steps."),
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Fine-tune a pretrained GPT or HF model (full or LoRA, AdamW or Muon) and measure the
-    mismatch; e.g. ``--init minilm --task rt-sentiment`` or ``--init smollm2 --task lm:kjv``."""
+    mismatch; e.g. ``--init minilm --task rt-sentiment`` or ``--init smollm2 --task lm:kjv``.
+    The GPT recipe runs unchanged under `torchrun --nproc-per-node N` (DDP, or FSDP2 with
+    MUONFT_PARALLEL=fsdp; rank 0 writes)."""
     from muonft.train.finetune import default_spec
     from muonft.train.finetune import finetune as run_finetune
     from muonft.train.vision import is_vision_task
 
     if is_vision_task(task):  # image tasks (digits, mnist-rot, mnist-inv): the ViT recipe
+        from muonft.train.distributed import require_single_process
         from muonft.train.vision import default_finetune_spec as default_spec
+
+        require_single_process("vision (ViT) fine-tuning")
         from muonft.train.vision import vision_finetune as run_finetune
     if steps is not None and steps < 0:
         raise ValueError(f"--steps must be >= 0, got {steps}")
@@ -88,7 +94,12 @@ def finetune(
 
         LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"], variant=spec["lora_variant"],
                  dropout=spec.get("lora_dropout") or 0.0)
-    rec = run_finetune(spec, out, threads=threads, progress=not quiet)
+    if checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    rec = run_finetune(spec, out, threads=threads, progress=not quiet,
+                       checkpoint_every=checkpoint_every)
+    if rec.get("rank", 0) != 0:  # under torchrun only rank 0 reports
+        return
     m = rec["metrics"]
     note = f" ({rec['resumed']})" if rec.get("resumed") else ""
     print(f"{rec['status']}{note}: target {m['target_name']} {m['target']:.4f} (zero-shot "

@@ -199,13 +199,25 @@ def update_rms_tracker(groups: dict[str, list[torch.Tensor]], ctx: DistContext):
     from muonft.optim.distributed import local_shard
 
     class ShardedUpdateRMSTracker(UpdateRMSTracker):
+        """Snapshots are of this rank's shards (plain tensors)."""
+
+        @torch.no_grad()
+        def snapshot(self) -> None:
+            shards = {k: [local_shard(p.detach()) for p in v] for k, v in self.params.items()}
+            if not self._buffers:
+                self._buffers = {k: [t.clone() for t in v] for k, v in shards.items()}
+            else:
+                for k, v in shards.items():
+                    torch._foreach_copy_(self._buffers[k], v)
+            self._snap = self._buffers
+
         @torch.no_grad()
         def measure(self, step: int | None = None) -> dict[str, float]:
             if self._snap is None:
                 raise RuntimeError("measure() needs a snapshot() before the step")
             sq = []
             for k, v in self.params.items():
-                diffs = [local_shard(t) for t in self._snap[k]]
+                diffs = self._snap[k]
                 torch._foreach_sub_(diffs, [local_shard(p.detach()) for p in v])
                 sq.append(sum(float(n) ** 2 for n in torch._foreach_norm(diffs, 2.0)))
             total = sum_across_ranks(sq)

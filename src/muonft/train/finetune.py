@@ -30,6 +30,7 @@ classification tasks are added by the real-model work.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -206,20 +207,27 @@ def _eval_loss(model, tokens, spec) -> float:
 
 def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
              progress: bool = True, checkpoint_every: int = 50,
-             device: str | None = None) -> dict[str, Any]:
+             device: str | None = None, parallel: str | None = None) -> dict[str, Any]:
     """Run (or resume, or return the finished) fine-tuning described by ``spec``.
 
     ``device`` (GPT recipe): ``auto`` (default: CUDA when available) or a torch device; it is
-    not part of the spec, so a run may resume on another device."""
+    not part of the spec, so a run may resume on another device.
+
+    Under ``torchrun --nproc-per-node N`` (GPT recipe) every rank takes rows ``rank::N`` of
+    each global batch, so the run is the single-process run to floating-point tolerance;
+    ``parallel`` (default ``$MUONFT_PARALLEL``, else ``ddp``) picks DDP or FSDP2 (see
+    :mod:`muonft.train.distributed`; FSDP2 keeps a plain copy of the model on rank 0 for the
+    diagnostics and final evaluations, and refuses the constrained-update options). Rank 0
+    writes checkpoints, curves and ``result.json``; other ranks return
+    ``{"spec", "status", "metrics": {}, "rank"}``. The run resumes at any world size. The HF
+    recipe refuses to run on more than one process."""
+    from muonft.train import distributed as dd
     from muonft.train.finetune_hf import finetune_hf, is_hf_spec
 
     if is_hf_spec(spec):
+        dd.require_single_process("HF fine-tuning")
         return finetune_hf(spec, out, threads=threads, progress=progress,
                            checkpoint_every=checkpoint_every)
-    from muonft.adapters import apply_lora, merged_state_dict
-    from muonft.data import LMBatcher, load_lm_splits
-    from muonft.diagnostics import weight_diagnostics
-
     spec = default_spec(**spec)
     out = Path(out)
     try:
@@ -237,28 +245,57 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         if prev.get("status") in ("done", "diverged"):
             prev["resumed"] = "already finished"
             return prev
+    if dd.world_size_from_env() > 1 and dd.parallel_mode(parallel) == "fsdp":
+        given = [k for k in CONSTRAINT_KEYS if spec[k] not in (None, "independent")]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: constrained Muon updates need whole "
+                              f"matrices on every rank; use MUONFT_PARALLEL=ddp")
     if threads:
         torch.set_num_threads(threads)
+    ctx = dd.setup(device, parallel)
+    try:
+        dd.check_batch(spec["batch_size"], ctx)
+        record = _finetune_gpt(spec, out, ctx, progress=progress,
+                               checkpoint_every=checkpoint_every)
+    except BaseException:
+        dd.teardown(ctx, wait=False)
+        raise
+    dd.teardown(ctx)
+    return record
+
+
+def _finetune_gpt(spec: dict[str, Any], out: Path, ctx, *, progress: bool,
+                  checkpoint_every: int) -> dict[str, Any]:
+    """The GPT recipe on this process's rank of ``ctx`` (see :func:`finetune`)."""
+    from muonft.adapters import apply_lora, merged_state_dict
+    from muonft.data import LMBatcher, load_lm_splits
+    from muonft.diagnostics import weight_diagnostics
+    from muonft.train import distributed as dd
+
+    res_path = out / "result.json"
     init_dir = resolve_init(spec["init"])
     model, tok, cfg = load_pretrained(init_dir)
-    from muonft.train.loop import resolve_device
-
-    model = model.to(resolve_device(device))
+    model = model.to(ctx.device)
     if spec["method"] == "lora":  # bad targets or rank fail before any data or evaluation
         from muonft.adapters import resolve_targets
 
         resolve_targets(model, _lora_spec(spec))
     target = load_lm_splits(spec["task"][3:], tok)
     pre = load_lm_splits(cfg.get("pretrain_corpus", "kjv"), tok)
-    init_state = {n: p.detach().clone() for n, p in model.named_parameters()}
-    zero_shot = _eval_loss(model, target.val, spec)
-    pre_before = _eval_loss(model, pre.heldout, spec)
+    # what only the record needs is computed by rank 0 alone (on the plain model)
+    init_state = {n: p.detach().clone() for n, p in model.named_parameters()} if ctx.main \
+        else {}
+    zero_shot = _eval_loss(model, target.val, spec) if ctx.main else math.nan
+    pre_before = _eval_loss(model, pre.heldout, spec) if ctx.main else math.nan
 
     batcher = LMBatcher(target.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
     if spec["method"] == "lora":
         grad_fn = lora_one_grad_fn(batcher.get) if spec["lora_variant"] == "lora_one" else None
         model = apply_lora(model, _lora_spec(spec), grad_fn=grad_fn)
+    # FSDP2: rank 0 keeps a plain copy, refreshed from the shards when diagnostics need it
+    view = copy.deepcopy(model) if ctx.sharded and ctx.main else None
+    loss_fn = dd.parallelize(model, ctx)
     opt_options = muon_options(spec)
     if spec["lora_muon"] == "joint":
         from muonft.adapters import lora_pairs
@@ -266,14 +303,23 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         opt_options["lora_pairs"] = lora_pairs(model)
     opt = build_optimizer(model, spec["optimizer"], spec["lr"], spec["weight_decay"],
                           **opt_options)
-    tracker = _matrix_rms_tracker(opt)
+    tracker = _matrix_rms_tracker(opt, ctx)
     hooks = [opt.register_step_pre_hook(lambda *_: tracker.snapshot()),
              opt.register_step_post_hook(lambda *_: tracker.measure())]
 
-    def current_weights() -> dict[str, torch.Tensor]:
+    def plain() -> torch.nn.Module | None:
+        """The model as one plain module on rank 0 (a collective under FSDP2)."""
+        if not ctx.sharded:
+            return model if ctx.main else None
+        full = dd.full_state_dict(model)
+        if view is not None:
+            view.load_state_dict(full, strict=True)
+        return view
+
+    def weights_of(m: torch.nn.Module) -> dict[str, torch.Tensor]:
         if spec["method"] == "lora":
-            return merged_state_dict(model)
-        return {n: p.detach() for n, p in model.named_parameters()}
+            return merged_state_dict(m)
+        return {n: p.detach() for n, p in m.named_parameters()}
 
     diag_path = out / "diag_curves.json"
     diag_rows: dict[str, dict[str, float]] = (
@@ -287,22 +333,29 @@ def finetune(spec: dict[str, Any], out: Path, *, threads: int | None = None,
                 rms_curves.setdefault(k, []).append([step, v])
             tracker.history[-1] = (step, tracker.history[-1][1])
         if spec["diag_every"] and step % spec["diag_every"] == 0 and step < spec["steps"]:
-            diag_rows[str(step)] = diag_row(current_weights(), init_state)
-            atomic_write_json(diag_path, diag_rows)
+            m = plain()
+            if m is not None:
+                diag_rows[str(step)] = diag_row(weights_of(m), init_state)
+                atomic_write_json(diag_path, diag_rows)
 
     tcfg = TrainConfig(steps=spec["steps"], schedule=spec["schedule"], warmup=spec["warmup"],
                        grad_clip=spec["grad_clip"], eval_every=spec["eval_every"],
-                       checkpoint_every=checkpoint_every, progress=progress,
+                       checkpoint_every=checkpoint_every, progress=progress and ctx.main,
                        description=f"finetune {spec['method']} {spec['optimizer']}")
-    atomic_write_json(res_path, {"spec": spec, "status": "running"})
+    if ctx.main:
+        atomic_write_json(res_path, {"spec": spec, "status": "running"})
     try:
-        result = train(model, opt, batcher.get, tcfg, ckpt_dir=out / "ckpt", on_step=on_step,
+        result = train(model, opt, dd.shard(batcher.get, ctx), tcfg, ckpt_dir=out / "ckpt",
+                       on_step=on_step, loss_fn=loss_fn,
                        eval_fn=lm_eval_fn(target.val, spec["block_size"], 32,
                                           spec["eval_batches"]))
     finally:
         for h in hooks:
             h.remove()
-    final = current_weights()
+    model = plain()
+    if model is None:  # not rank 0: rank 0 evaluates and writes
+        return {"spec": spec, "status": result["status"], "metrics": {}, "rank": ctx.rank}
+    final = weights_of(model)
     if spec["method"] == "lora":
         from muonft.adapters import merge_lora, unmerge_lora
 
@@ -384,15 +437,16 @@ def lora_one_grad_fn(get_batch, n_batches: int = LORA_ONE_BATCHES):
     return grad_fn
 
 
-def _matrix_rms_tracker(opt: torch.optim.Optimizer):
-    """Update RMS of the trainable matrices, labelled by optimizer group (muon / adamw)."""
-    from muonft.diagnostics import UpdateRMSTracker
+def _matrix_rms_tracker(opt: torch.optim.Optimizer, ctx=None):
+    """Update RMS of the trainable matrices, labelled by optimizer group (muon / adamw); of
+    the full matrices when they are FSDP2 shards (``ctx.sharded``)."""
+    from muonft.train.distributed import DistContext, update_rms_tracker
 
     groups: dict[str, list[torch.Tensor]] = {"muon": [], "adamw": []}
     for g in opt.param_groups:
         groups["muon" if g.get("use_muon") else "adamw"] += [p for p in g["params"]
                                                              if p.ndim >= 2]
-    return UpdateRMSTracker(groups)
+    return update_rms_tracker(groups, ctx or DistContext())
 
 
 def step_update_rms(tracker, measured: dict[str, float]) -> dict[str, float]:
