@@ -2,9 +2,11 @@
 
 Two processes (one thread each) orthogonalize the Muon matrices of a GPT-like stack with
 :func:`muonft.optim.distributed.distributed_orthogonalize` — each rank its owned half, then one
-``all_gather`` — and the same work is timed in one process doing every matrix. Prints medians
-over interleaved repeats and the ratios (expect ≈ 0.5× compute per rank; the exchange adds the
-all_gather).
+``all_gather`` (DDP) — and with :func:`muonft.optim.distributed.sharded_orthogonalize`, where
+each rank starts from its row shards of every matrix (FSDP2): one ``all_to_all`` to the owners,
+the owned half, one ``all_to_all`` back. The same work is timed in one process doing every
+matrix. Prints medians over interleaved repeats and the ratios (expect ≈ 0.5× compute per rank;
+the exchanges add the rest), and how many matrix entries each rank holds in full.
 
     python benchmarks/distributed_muon.py [--layers 8] [--dim 512] [--repeats 7]
 """
@@ -35,7 +37,12 @@ def ortho_fn():
 
 
 def _worker(rank: int, world: int, port: int, args, q) -> None:
-    from muonft.optim.distributed import assign_owners, distributed_orthogonalize
+    from muonft.optim.distributed import (
+        assign_owners,
+        distributed_orthogonalize,
+        shard_rows,
+        sharded_orthogonalize,
+    )
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -43,7 +50,9 @@ def _worker(rank: int, world: int, port: int, args, q) -> None:
     mats, fn = matrices(args.layers, args.dim), ortho_fn()
     owners = assign_owners([m.shape for m in mats], world)
     mine = [m for m, o in zip(mats, owners) if o == rank]
-    compute, total = [], []
+    shards = [m.split(shard_rows(m.shape[0], world))[rank].clone() for m in mats]
+    shapes = [m.shape for m in mats]
+    compute, total, sharded = [], [], []
     for _ in range(args.repeats):
         dist.barrier()
         t0 = time.perf_counter()
@@ -53,7 +62,13 @@ def _worker(rank: int, world: int, port: int, args, q) -> None:
         t0 = time.perf_counter()
         distributed_orthogonalize(mats, fn)
         total.append(time.perf_counter() - t0)
-    q.put((rank, statistics.median(compute), statistics.median(total)))
+        dist.barrier()
+        t0 = time.perf_counter()
+        sharded_orthogonalize(shards, shapes, fn)
+        sharded.append(time.perf_counter() - t0)
+    full = sum(m.numel() for m in mine)
+    q.put((rank, statistics.median(compute), statistics.median(total),
+           statistics.median(sharded), full))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -81,12 +96,15 @@ def main() -> None:
     mp.start_processes(_worker, args=(2, port, args, q), nprocs=2, join=True,
                        start_method="spawn")
     res = sorted(q.get() for _ in range(2))
+    numel = sum(m.numel() for m in mats)
     print(f"{args.layers} layers × 6 matrices, d={args.dim}, polar_express bf16, 1 thread per "
           f"process, median of {args.repeats}")
     print(f"one process, all matrices:        {1e3 * t1:8.1f} ms")
-    for rank, comp, tot in res:
+    for rank, comp, tot, shd, full in res:
         print(f"rank {rank}: own share {1e3 * comp:8.1f} ms ({comp / t1:.2f}×), with all_gather "
-              f"{1e3 * tot:8.1f} ms ({tot / t1:.2f}×)")
+              f"(DDP) {1e3 * tot:8.1f} ms ({tot / t1:.2f}×), from row shards with 2 all_to_all "
+              f"(FSDP2) {1e3 * shd:8.1f} ms ({shd / t1:.2f}×); full matrices held "
+              f"{full / numel:.2f} of all entries")
 
 
 if __name__ == "__main__":
