@@ -28,7 +28,7 @@ def test_report_with_diverged_and_failed_runs(tmp_path, capsys):
     md_path = capsys.readouterr().out.strip()
     md = (tmp_path / "report" / "report.md").read_text()
     assert md_path.endswith("report.md")
-    for png in ("lr_sweep", "gap", "frontier", "drift", "update_rms", "spectral"):
+    for png in ("lr_sweep", "gap", "frontier", "drift", "cosine", "update_rms", "spectral"):
         assert (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
         assert f"({png}.png)" in md
     assert "## Failed runs" in md and "synthetic crash" in md
@@ -36,7 +36,7 @@ def test_report_with_diverged_and_failed_runs(tmp_path, capsys):
     # the best LR of every cell is at the low edge's neighbour or an edge: the report flags it
     assert "AT LOW EDGE" in md and "WARNING" in md
     html = (tmp_path / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6 and "<table" in html
+    assert html.count("data:image/png;base64,") == 7 and "<table" in html
     assert not list((tmp_path / "report").glob(".*.tmp"))  # atomic writes left no temp files
 
 

@@ -144,7 +144,8 @@ def lr_table(frame: pd.DataFrame, metric: str = "target") -> pd.DataFrame:
                "std": vals.std(ddof=1) if len(vals) > 1 else math.nan, "n": len(vals),
                "n_diverged": n_div, "n_failed": int((g.status == "failed").sum()),
                "score": score}
-        for extra in ("update_rms", "l2_drift", "forgetting", "zero_shot", "test"):
+        for extra in ("update_rms", "l2_drift", "cosine_to_init", "forgetting", "zero_shot",
+                      "test"):
             if extra in ok:
                 row[f"{extra}_mean"] = ok[extra].astype(float).mean()
         rows.append(row)

@@ -13,8 +13,9 @@ Model (validation loss, lower is better), with ``x = log10(lr)``:
     diverged when lr ≥ diverge_lr
 
 and ``test = target + 0.02``, ``forgetting = 0.05·(lr/lr*)·(1 + 5·mismatch)``, ``l2_drift`` and
-``update_rms`` proportional to lr, stable rank / spectral entropy of ΔW higher for Muon by
-``spectral_gap``. The pretraining optimizer is read from ``init`` (``…muon…`` → Muon, else AdamW).
+``update_rms`` proportional to lr, ``cosine_to_init = 1 − l2_drift²/2``, stable rank /
+spectral entropy of ΔW higher for Muon by ``spectral_gap``. The pretraining optimizer is read
+from ``init`` (``…muon…`` → Muon, else AdamW).
 Parameters come from ``task = "synthetic[:key=value,…]"``: ``gap`` (0.1), ``noise`` (0.01),
 ``curvature`` (0.5), ``diverge_lr`` (1.0), ``spectral_gap`` (2.0), ``sleep`` (seconds per run, 0),
 ``crash_lr`` (raise RuntimeError at this lr), ``hard_crash_lr`` (the process exits at this lr).
@@ -91,7 +92,9 @@ def synthetic_runner(spec: Any, run_dir: Path) -> dict[str, Any]:
     metrics = {"target": target, "target_name": "val_loss", "higher_is_better": False,
                "zero_shot": 3.0, "test": target + 0.02,
                "forgetting": 0.05 * rel * (1 + 5 * mism) + 0.002 * _eps("f", spec.seed, lr),
-               "l2_drift": 0.01 * rel * (1 + mism), "update_rms": 0.2 * lr,
+               "l2_drift": 0.01 * rel * (1 + mism),
+               "cosine_to_init": 1.0 - 0.5 * (0.01 * rel * (1 + mism)) ** 2,
+               "update_rms": 0.2 * lr,
                "relative_ppl": math.exp(target - 3.0)}
     return {"status": status, "metrics": metrics,
             "curves": {"val_loss": [[0, 3.0], [spec.steps, target]]},
