@@ -40,6 +40,8 @@ def finetune(
     method: str = typer.Option("full", help="full or lora."),
     lr: float = typer.Option(None, help="Learning rate (default per optimizer and method)."),
     steps: int = typer.Option(None, help="Optimizer steps (default 200)."),
+    epochs: float = typer.Option(None, help="Passes over the training split instead of "
+                                 "--steps (converted to steps from the split's size)."),
     seed: int = typer.Option(0, help="Seed of batches and adapter init."),
     out: Path = typer.Option(..., help="Output directory (result.json, checkpoints)."),
     rank: int = typer.Option(None, help="LoRA rank (default 8)."),
@@ -83,6 +85,8 @@ def finetune(
         from muonft.train.vision import vision_finetune as run_finetune
     if steps is not None and steps < 0:
         raise ValueError(f"--steps must be >= 0, got {steps}")
+    if epochs is not None and steps is not None:
+        raise ValueError("give --steps or --epochs, not both")
     spec = default_spec(init=init, task=task, optimizer=optimizer, method=method, lr=lr,
                         steps=steps, seed=seed, lora_rank=rank, lora_alpha=alpha,
                         lora_variant=variant, lora_dropout=dropout, weight_decay=weight_decay,
@@ -96,6 +100,11 @@ def finetune(
                  dropout=spec.get("lora_dropout") or 0.0)
     if checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if epochs is not None:
+        from muonft.train.finetune import steps_for_epochs
+
+        spec = {**spec, "steps": steps_for_epochs(spec, epochs)}  # validated already
+        print(f"{epochs:g} epoch(s) = {spec['steps']} steps", file=sys.stderr)
     rec = run_finetune(spec, out, threads=threads, progress=not quiet,
                        checkpoint_every=checkpoint_every)
     if rec.get("rank", 0) != 0:  # under torchrun only rank 0 reports

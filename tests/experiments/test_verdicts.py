@@ -74,6 +74,22 @@ def test_contrast_ci_pairs_groups_that_share_their_seeds():
     assert contrast_how([(a, 1.0), (other, -1.0)]).startswith("Welch")
 
 
+def test_a_zero_effect_with_zero_spread_is_inconclusive():
+    import pandas as pd
+
+    from muonft.experiments.verdicts import _result
+
+    # per-seed window widths on a discrete LR grid can be identical across seeds; their
+    # contrast is then 0 up to rounding with a zero-width CI
+    a = pd.Series([1.05, 1.05, 1.05], index=[0, 1, 2])
+    b = pd.Series([0.52, 0.52, 0.52], index=[0, 1, 2])
+    c = pd.Series([0.48, 0.48, 0.48], index=[0, 1, 2])
+    d = pd.Series([1.01, 1.01, 1.01], index=[0, 1, 2])
+    est, half, _ = contrast_ci([(a, 0.5), (b, -0.5), (c, 0.5), (d, -0.5)])
+    assert half == 0 and abs(est) < 1e-12
+    assert _result("x", "", "", est, half, "").verdict == INCONCLUSIVE
+
+
 def test_verdict_rule():
     assert verdict_of(0.5, 0.1) == REPRODUCED
     assert verdict_of(-0.5, 0.1) == NOT_REPRODUCED

@@ -89,8 +89,30 @@ def test_spec_validation():
     (["--method", "half"], "method must be one of"),
     (["--method", "lora", "--rank", "0"], "rank must be a positive integer, got 0"),
     (["--steps", "-1"], "--steps must be >= 0"),
+    (["--steps", "3", "--epochs", "1"], "give --steps or --epochs, not both"),
 ])
 def test_cli_bad_inputs(args, msg, tmp_path, capsys, tmp_cache):
     assert main(["finetune", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_epochs_convert_to_steps_from_the_training_split(ft_env, tmp_path, capsys):
+    import math
+
+    from muonft.data import load_lm_splits
+    from muonft.train.finetune import load_pretrained, resolve_init, steps_for_epochs
+
+    root, task = ft_env
+    spec = default_spec(init=str(root / "pt"), task=task, batch_size=2, block_size=16)
+    tok = load_pretrained(resolve_init(str(root / "pt")))[1]
+    tokens = len(load_lm_splits(task[3:], tok).train)
+    assert steps_for_epochs(spec, 0.5) == math.ceil(0.5 * tokens / 32)
+    with pytest.raises(ConfigError, match="epochs must be a number > 0"):
+        steps_for_epochs(spec, 0)
+    out = tmp_path / "ep"
+    assert main(["finetune", "--init", str(root / "pt"), "--task", task, "--epochs", "0.01",
+                 "--batch-size", "2", "--block-size", "16", "--out", str(out), "--quiet"]) == 0
+    n = steps_for_epochs(spec, 0.01)
+    assert f"0.01 epoch(s) = {n} steps" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text())["spec"]["steps"] == n

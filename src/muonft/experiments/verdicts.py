@@ -130,8 +130,13 @@ def verdict_of(estimate: float, half: float, expected_sign: int = 1) -> str:
     return INCONCLUSIVE
 
 
+ZERO = 1e-12  # |estimate| below this is rounding noise of a zero effect (e.g. sums of means)
+
+
 def _result(claim: str, statement: str, measured: str, est: float, half: float,
             method: str, sign: int = 1) -> ClaimResult:
+    if math.isfinite(est) and abs(est) < ZERO:
+        est = 0.0  # a zero-spread, zero effect must not read as a tiny "significant" one
     return ClaimResult(claim, statement, measured, est, est - half, est + half, half,
                        verdict_of(est, half, sign), method)
 

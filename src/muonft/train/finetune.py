@@ -181,6 +181,44 @@ def resolve_init(init: str) -> Path:
     return p
 
 
+def steps_for_epochs(spec: dict[str, Any], epochs: float) -> int:
+    """Optimizer steps that make ``epochs`` passes over the training split of a complete
+    fine-tuning spec (any recipe): ⌈epochs·N / batch_size⌉ for N training examples
+    (classification, images), ⌈epochs·T / (batch_size·block_size)⌉ for T training tokens
+    (``lm:<corpus>``, tokenized with the model's own tokenizer)."""
+    import math
+
+    from muonft.data import load_lm_splits
+    from muonft.data.classification import is_classification_task, load_task_split
+    from muonft.models.hf import is_hf_init
+    from muonft.train.vision import is_vision_task
+
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise ConfigError(f"epochs must be a number > 0, got {epochs!r}")
+    task, batch = str(spec["task"]), spec["batch_size"]
+    if is_vision_task(task):
+        from muonft.data.images import load_task
+
+        return max(1, math.ceil(epochs * len(load_task(task).train.y) / batch))
+    if is_classification_task(task):
+        return max(1, math.ceil(epochs * len(load_task_split(task, "train")[1]) / batch))
+    if not task.startswith("lm:"):
+        raise ConfigError(f"cannot count epochs of task {task!r}")
+    if is_hf_init(spec["init"]):
+        from transformers import AutoTokenizer
+
+        from muonft.models.hf import resolve_source
+        from muonft.train.finetune_hf import lm_tokenizer
+
+        ref, local = resolve_source(spec["init"])
+        tok = lm_tokenizer(AutoTokenizer.from_pretrained(ref, local_files_only=local),
+                           spec["init"])
+    else:
+        tok = load_pretrained(resolve_init(spec["init"]))[1]
+    tokens = len(load_lm_splits(task[3:], tok).train)
+    return max(1, math.ceil(epochs * tokens / (batch * spec["block_size"])))
+
+
 def load_pretrained(path: Path):
     """(model, tokenizer, config dict) of a ``muonft pretrain`` output directory."""
     from muonft.data import get_tokenizer
