@@ -159,7 +159,7 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Pretrain a GPT with AdamW or Muon; rerunning with the same --out resumes. Runs
-    unchanged under `torchrun --nproc-per-node N` (DDP; rank 0 writes)."""
+    unchanged under `torchrun --nproc-per-node N` (DDP, or FSDP2 with MUONFT_PARALLEL=fsdp)."""
     from muonft.train.pretrain import default_out, default_spec
     from muonft.train.pretrain import pretrain as run_pretrain
 
