@@ -186,8 +186,6 @@ def steps_for_epochs(spec: dict[str, Any], epochs: float) -> int:
     fine-tuning spec (any recipe): ⌈epochs·N / batch_size⌉ for N training examples
     (classification, images), ⌈epochs·T / (batch_size·block_size)⌉ for T training tokens
     (``lm:<corpus>``, tokenized with the model's own tokenizer)."""
-    import math
-
     from muonft.data import load_lm_splits
     from muonft.data.classification import is_classification_task, load_task_split
     from muonft.models.hf import is_hf_init
