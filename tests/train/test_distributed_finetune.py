@@ -5,17 +5,14 @@ checkpoint resumes at world size 1. The HF recipe and FSDP2 with constrained upd
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from muonft.errors import ConfigError
 from muonft.train.checkpoint import load_checkpoint
+from torchrun_cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -28,28 +25,14 @@ WEIGHT_TOL = {"rtol": 1e-4, "atol": 1e-5}
 METRICS = ("target", "zero_shot", "test", "pretrain_loss_after")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _finetune(env, out, nproc: int, method: str = "full", parallel: str = "ddp"):
     root, task = env
     args = ["finetune", "--init", str(root / "pt"), "--task", task, "--method", method,
             "--steps", "4", "--batch-size", "4", "--block-size", "32", "--eval-batches", "2",
             "--checkpoint-every", "2", "--diag-every", "2", "--orthogonalizer", "svd",
             "--out", str(out), "--quiet", "--threads", "1"]
-    run_env = {**os.environ, "MUONFT_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1",
-               "MUONFT_PARALLEL": parallel}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "muonft", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_free_port()), "-m", "muonft", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=run_env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return run_cli(args, nproc, {"MUONFT_CACHE": str(root / "cache"),
+                                 "MUONFT_PARALLEL": parallel})
 
 
 def _result(out) -> dict:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import torch
 
 from muonft.train.checkpoint import load_weights
+from torchrun_cli import free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +35,8 @@ def _pretrain(root, corpus, out, nproc: int, optimizer: str = "muon", steps: int
             "--corpus", corpus, "--tokenizer-corpus", corpus, "--vocab-size", "300",
             "--block-size", "32", "--out", str(out), "--checkpoint-every", "2", "--quiet",
             "--threads", "1"]
-    env = {**os.environ, "MUONFT_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1",
-           "MUONFT_PARALLEL": parallel}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "muonft", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_free_port()), "-m", "muonft", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return run_cli(args, nproc, {"MUONFT_CACHE": str(root / "cache"),
+                                 "MUONFT_PARALLEL": parallel})
 
 
 def _weights(out):
@@ -251,7 +234,7 @@ def test_dcp_checkpoint_round_trip_is_exact(tmp_path):
     from muonft.optim import Muon, muon_param_groups
     from muonft.train.checkpoint import load_checkpoint, open_checkpoint
 
-    mp.spawn(_dcp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dcp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     after3 = torch.load(tmp_path / "after3.pt", weights_only=True)
     step, weights, state = load_checkpoint(tmp_path / "ckpt")
     assert step == 2 and set(weights) == set(after3["weights"])
