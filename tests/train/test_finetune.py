@@ -61,6 +61,9 @@ def test_result_record_and_drift_grows_with_lr(setup, tmp_path, method):
     doc = json.loads((tmp_path / f"{method}-0.01" / "result.json").read_text())
     assert {"status", "spec", "metrics", "diagnostics"} <= set(doc)
     assert {"target", "zero_shot", "forgetting", "test", "relative_ppl"} <= set(doc["metrics"])
+    best = doc["best"]  # the best evaluation during the run, also as scalar metrics
+    assert doc["metrics"]["best_target"] == best["val_loss"] <= doc["metrics"]["target"] + 1e-9
+    assert doc["metrics"]["best_step"] == best["step"] > 0
     assert set(doc["diagnostics"]["attn_q"]) >= KEYS
     assert 0 < drifts[0] < drifts[1]
     if method == "lora":  # embeddings and head are frozen under LoRA

@@ -75,6 +75,7 @@ def _check_record(rec, lora):
     assert "overall" in rec["diagnostics_update"]
     assert ("diagnostics_lora" in rec) == lora
     assert rec["curves"]["train_loss"] and rec["timings"]["step_s"] > 0
+    assert rec["metrics"]["best_step"] == rec["best"]["step"] > 0
 
 
 def test_classification_full_muon_learns_and_resumes(tiny, general_corpus, tmp_path):

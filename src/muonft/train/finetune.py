@@ -41,7 +41,7 @@ import torch
 
 from muonft.atomic import atomic_write_json
 from muonft.errors import CheckpointError, ConfigError, DataMissingError
-from muonft.train.loop import TrainConfig, train
+from muonft.train.loop import TrainConfig, best_metrics, train
 from muonft.train.pretrain import build_optimizer, lm_eval_fn
 
 METHODS = ("full", "lora")
@@ -410,6 +410,7 @@ def _finetune_gpt(spec: dict[str, Any], out: Path, ctx, *, progress: bool,
         "test": test_loss, "forgetting": pre_after - pre_before,
         "pretrain_loss_before": pre_before, "pretrain_loss_after": pre_after,
         **update_rms_metrics(tracker), **constraint_metrics(opt, spec),
+        **best_metrics(result, "val_loss"),
     }
     diagnostics = weight_diagnostics(now, init_state)
     diagnostics_update = weight_diagnostics(now, init_state, update=True)
@@ -420,7 +421,7 @@ def _finetune_gpt(spec: dict[str, Any], out: Path, ctx, *, progress: bool,
         "status": result["status"], "spec": spec, "metrics": metrics,
         "diagnostics": diagnostics, "diagnostics_update": diagnostics_update,
         "curves": {**result["curves"], **rms_curves, **diag_curves(diag_rows)},
-        "timings": result["timings"],
+        "best": result["best"], "timings": result["timings"],
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "error": None,
     }

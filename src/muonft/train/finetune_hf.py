@@ -357,7 +357,7 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
     from muonft.diagnostics import UpdateRMSTracker, lora_diagnostics, weight_diagnostics
     from muonft.models.hf import load_hf
     from muonft.train.finetune import constraint_metrics, muon_options
-    from muonft.train.loop import TrainConfig, resolve_device, train
+    from muonft.train.loop import TrainConfig, best_metrics, resolve_device, train
     from muonft.train.pretrain import build_optimizer
 
     spec = default_spec(**spec)
@@ -499,6 +499,7 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         }
     metrics["update_rms"] = tracker.summary().get("matrices", 0.0)
     metrics.update(constraint_metrics(opt, spec))
+    metrics.update(best_metrics(result, metric))
     if spec["method"] == "lora":
         final = merged_state_dict(model)
     else:
@@ -508,7 +509,7 @@ def finetune_hf(spec: dict[str, Any], out: Path, *, threads: int | None = None,
         "status": result["status"], "spec": spec, "metrics": metrics,
         "diagnostics": weight_diagnostics(now, init_state),
         "diagnostics_update": weight_diagnostics(now, init_state, update=True),
-        "curves": result["curves"], "timings": result["timings"],
+        "curves": result["curves"], "best": result["best"], "timings": result["timings"],
         "versions": _versions(), "error": None,
     }
     if spec["method"] == "lora":

@@ -327,6 +327,15 @@ def train(
     return _result(status, rs, steps_run, time.perf_counter() - t_start)
 
 
+def best_metrics(result: dict[str, Any], metric: str) -> dict[str, float]:
+    """``{"best_target", "best_step"}`` of a :func:`train` result: the best evaluation of
+    ``metric`` during the run (empty when it was never evaluated)."""
+    best = result.get("best") or {}
+    if metric not in best:
+        return {}
+    return {"best_target": float(best[metric]), "best_step": int(best["step"])}
+
+
 def _result(status: str, rs: RunState, steps_run: int, wall: float) -> dict[str, Any]:
     train_curve = rs.curves.get("train_loss", [])
     return {

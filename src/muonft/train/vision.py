@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from muonft.atomic import atomic_write_json
 from muonft.errors import CheckpointError, ConfigError
-from muonft.train.loop import TrainConfig, train
+from muonft.train.loop import TrainConfig, best_metrics, train
 from muonft.train.pretrain import OPTIMIZERS, build_optimizer
 
 METHODS = ("full", "lora")
@@ -460,7 +460,7 @@ def vision_finetune(spec: dict[str, Any], out: Path, *, threads: int | None = No
         "pretrain_acc_before": pre_before["accuracy"], "pretrain_acc_after": pre_after["accuracy"],
         "forgetting_acc": pre_before["accuracy"] - pre_after["accuracy"],
         "feature_drift": drift["forgetting"], "feature_similarity_corr": drift["similarity_corr"],
-        **update_rms_metrics(tracker),
+        **update_rms_metrics(tracker), **best_metrics(result, "val_accuracy"),
     }
     if head_pretrained:
         metrics["forgetting"] = pre_after["loss"] - pre_before["loss"]
@@ -478,7 +478,8 @@ def vision_finetune(spec: dict[str, Any], out: Path, *, threads: int | None = No
         "status": result["status"], "spec": spec, "metrics": metrics,
         "diagnostics": diagnostics, "diagnostics_update": diagnostics_update,
         "curves": {**result["curves"], **rms_curves, **diag_curves(diag_rows)},
-        "timings": result["timings"], "versions": _versions(), "error": None,
+        "best": result["best"], "timings": result["timings"], "versions": _versions(),
+        "error": None,
     }
     if lora:
         from muonft.diagnostics import lora_diagnostics
