@@ -163,7 +163,8 @@ class Preset:
 
 _QUICK_FT = {"task": "lm:rt", "steps": 30, "batch_size": 16, "block_size": 64, "warmup": 3,
              "eval_every": 30, "eval_batches": 2}
-_CPU_FT = {"task": "lm:rt", "steps": 150, "batch_size": 16, "block_size": 128, "warmup": 10,
+# A tiny-GPT fine-tuning step (16 × 128 tokens) takes 0.37 s on one core here, ≈ 45 s a run.
+_CPU_FT = {"task": "lm:rt", "steps": 100, "batch_size": 16, "block_size": 128, "warmup": 10,
            "eval_every": 50, "eval_batches": 10}
 _GPU_FT = {"task": "lm:rt", "steps": 600, "batch_size": 32, "block_size": 256, "warmup": 30,
            "eval_every": 100, "eval_batches": 40}
@@ -221,9 +222,9 @@ register_preset(Preset(
     pretrain_steps=DEFAULT_PRETRAIN_STEPS, finetune=_CPU_FT,
     lrs={"adamw/full": [1e-3, 3e-3, 1e-2, 3e-2], "muon/full": [1e-3, 3e-3, 1e-2, 3e-2],
          "adamw/lora": [3e-3, 1e-2, 3e-2, 1e-1], "muon/lora": [3e-3, 1e-2, 3e-2, 1e-1]},
-    seeds=(0, 1, 2), ranks=(1, 2, 32), rank_pretrained=("adamw", "muon"),
+    seeds=(0, 1, 2), ranks=(1, 32), rank_pretrained=("adamw", "muon"),
     variant_optimizers=("muon",), max_extensions=2, toy_seeds=10,
-    budget="about 2 hours on 2 CPU cores (276 runs of ~22 s per worker-slot, estimated)"))
+    budget="≤ 2 hours on 2 CPU cores (228 runs of ≈ 45 s per worker plus extensions)"))
 register_preset(Preset(
     name="gpu",
     description="one GPU: the 'small' GPT (6 layers, d=384), longer pretraining and runs",
@@ -298,8 +299,9 @@ register_preset(Preset(
     lrs={"adamw/full": [1e-3, 3e-3, 1e-2, 3e-2], "muon/full": [1e-3, 3e-3, 1e-2, 3e-2],
          "adamw/lora": [3e-3, 1e-2, 3e-2, 1e-1], "muon/lora": [3e-3, 1e-2, 3e-2, 1e-1]},
     seeds=(0, 1, 2), ranks=(1, 32), rank_pretrained=("adamw",), variants=(),
-    update_ranks=(1, 4, 32), max_drifts=(0.05, 0.1, 0.2), lora_joint=True,
-    max_extensions=2, toy_seeds=0, budget="about 40 minutes on 2 CPU cores"))
+    # AdamW's full-FT drift ‖W−W₀‖/‖W₀‖ was 0.08 / 0.17 / 0.35 / 0.69 at lr 1e-3 … 3e-2
+    update_ranks=(1, 4, 32), max_drifts=(0.25, 0.5), lora_joint=True,
+    max_extensions=2, toy_seeds=0, budget="about 65 minutes on 2 CPU cores"))
 register_preset(Preset(
     name="constrained-minilm",
     description="constrained-update Muon on MiniLM (the minilm preset's runs plus low-rank, "
