@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import re
 from dataclasses import dataclass
@@ -300,8 +299,10 @@ def _baselines(spec: dict[str, Any], what: str, compute) -> dict[str, Any]:
     seed when a new classifier head is drawn, and the library versions; ``hf:`` inits are
     always measured."""
     import transformers
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save as to_bytes
 
+    from muonft.atomic import atomic_write
     from muonft.data import cache_dir
     from muonft.models.hf import MANIFEST, MODEL_SOURCES, model_dir
 
@@ -329,10 +330,8 @@ def _baselines(spec: dict[str, Any], what: str, compute) -> dict[str, Any]:
     tensors = {k: v.contiguous() if isinstance(v, torch.Tensor)
                else torch.tensor(float(v), dtype=torch.float64) for k, v in out.items()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
+        blob = to_bytes(tensors)
+        atomic_write(path, lambda f: f.write(blob), mode="wb")
     except OSError:
         pass  # an unwritable cache only costs the time to measure again
     return out
