@@ -137,6 +137,8 @@ def _result(claim: str, statement: str, measured: str, est: float, half: float,
             method: str, sign: int = 1) -> ClaimResult:
     if math.isfinite(est) and abs(est) < ZERO:
         est = 0.0  # a zero-spread, zero effect must not read as a tiny "significant" one
+    if math.isfinite(half) and abs(half) < ZERO:
+        half = 0.0
     return ClaimResult(claim, statement, measured, est, est - half, est + half, half,
                        verdict_of(est, half, sign), method)
 
