@@ -119,3 +119,27 @@ def test_epochs_convert_to_steps_from_the_training_split(ft_env, tmp_path, capsy
     n = steps_for_epochs(spec, 0.01)
     assert f"0.01 epoch(s) = {n} steps" in capsys.readouterr().err
     assert json.loads((out / "result.json").read_text())["spec"]["steps"] == n
+
+
+def test_zero_shot_and_pretraining_loss_are_measured_once_per_weights(ft_env, tmp_path,
+                                                                      monkeypatch):
+    """A second run from the same weights reads the cached pre-fine-tuning losses (the same
+    numbers); other weights are measured."""
+    from muonft.train import finetune as recipe
+
+    root, task = ft_env
+    calls = []
+    real = recipe._eval_loss
+    monkeypatch.setattr(recipe, "_eval_loss", lambda *a: calls.append(1) or real(*a))
+    # sizes no other test of the module uses, so the shared cache holds nothing for them yet
+    spec = {"init": str(root / "pt"), "task": task, "steps": 2, "batch_size": 2,
+            "block_size": 12, "eval_every": 0, "eval_batches": 1, "warmup": 0}
+    a = finetune({**spec, "lr": 1e-3}, tmp_path / "a", progress=False)
+    n_run = len(calls)  # zero-shot, pretraining loss before and after, test
+    b = finetune({**spec, "lr": 2e-3, "optimizer": "adamw"}, tmp_path / "b", progress=False)
+    assert len(calls) == 2 * n_run - 2  # zero-shot and pretraining-domain loss: cached
+    assert b["metrics"]["zero_shot"] == a["metrics"]["zero_shot"]
+    assert b["metrics"]["pretrain_loss_before"] == a["metrics"]["pretrain_loss_before"]
+    fresh = finetune({**spec, "lr": 1e-3, "block_size": 8}, tmp_path / "c", progress=False)
+    assert len(calls) == 3 * n_run - 2  # other sizes: measured again
+    assert fresh["metrics"]["zero_shot"] != a["metrics"]["zero_shot"]

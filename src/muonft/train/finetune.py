@@ -321,8 +321,20 @@ def _finetune_gpt(spec: dict[str, Any], out: Path, ctx, *, progress: bool,
     # what only the record needs is computed by rank 0 alone (on the plain model)
     init_state = {n: p.detach().clone() for n, p in model.named_parameters()} if ctx.main \
         else {}
-    zero_shot = _eval_loss(model, target.val, spec) if ctx.main else math.nan
-    pre_before = _eval_loss(model, pre.heldout, spec) if ctx.main else math.nan
+    if ctx.main:  # the same for every run from these weights: cached across runs
+        from muonft.atomic import sha256_file
+        from muonft.train.baselines import array_digest, cached_measurements
+
+        key = {"recipe": "gpt", "weights": sha256_file(init_dir / "model.safetensors"),
+               "data": array_digest(target.val, pre.heldout),
+               "device": next(model.parameters()).device.type,
+               "block_size": spec["block_size"], "eval_batches": spec["eval_batches"]}
+        before = cached_measurements(key, lambda: {
+            "zero_shot": _eval_loss(model, target.val, spec),
+            "pre_before": _eval_loss(model, pre.heldout, spec)})
+        zero_shot, pre_before = before["zero_shot"], before["pre_before"]
+    else:
+        zero_shot = pre_before = math.nan
 
     batcher = LMBatcher(target.train, spec["block_size"], spec["batch_size"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])

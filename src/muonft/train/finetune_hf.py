@@ -294,47 +294,27 @@ def embedding_drift(before: torch.Tensor, after: torch.Tensor) -> dict[str, floa
 def _baselines(spec: dict[str, Any], what: str, compute) -> dict[str, Any]:
     """The pre-training measurements of a run (``compute()``: zero-shot metric and the
     forgetting probe's "before" side), cached across runs for the sha-pinned model sources
-    (``minilm``, ``smollm2``): every LR and optimizer of a sweep shares them. The key holds
-    everything they depend on — the source's manifest (its files' sha256), task, sizes, the
-    seed when a new classifier head is drawn, and the library versions; ``hf:`` inits are
-    always measured."""
+    (``minilm``, ``smollm2``) by :func:`muonft.train.baselines.cached_measurements`: every LR
+    and optimizer of a sweep shares them. The key holds the source's manifest (its files'
+    sha256), task, sizes, the seed when a new classifier head is drawn, and the transformers
+    version; ``hf:`` inits are always measured."""
     import transformers
-    from safetensors.torch import load_file
-    from safetensors.torch import save as to_bytes
 
-    from muonft.atomic import atomic_write
-    from muonft.data import cache_dir
     from muonft.models.hf import MANIFEST, MODEL_SOURCES, model_dir
+    from muonft.train.baselines import cached_measurements
 
     if spec["init"] not in MODEL_SOURCES:
         return compute()
-    manifest = model_dir(spec["init"]) / MANIFEST
     try:
-        files = json.loads(manifest.read_text())
+        files = json.loads((model_dir(spec["init"]) / MANIFEST).read_text())
     except (OSError, ValueError):
         return compute()
-    key = {"init": spec["init"], "manifest": files, "task": spec["task"], "what": what,
-           "block_size": spec["block_size"], "eval_batches": spec["eval_batches"],
-           "n_probe": N_PROBE, "eval_batch": EVAL_BATCH, "torch": torch.__version__,
+    key = {"recipe": "hf", "init": spec["init"], "manifest": files, "task": spec["task"],
+           "what": what, "block_size": spec["block_size"], "eval_batches": spec["eval_batches"],
+           "n_probe": N_PROBE, "eval_batch": EVAL_BATCH,
            "transformers": transformers.__version__,
            "seed": spec["seed"] if what == "classification" else None}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    path = cache_dir() / "baselines" / f"{digest[:24]}.safetensors"
-    if path.exists():
-        try:
-            t = load_file(str(path))
-            return {k: (v if v.ndim else float(v)) for k, v in t.items()}
-        except Exception:  # safetensors' own error on a torn or foreign file: measure again
-            pass
-    out = compute()
-    tensors = {k: v.contiguous() if isinstance(v, torch.Tensor)
-               else torch.tensor(float(v), dtype=torch.float64) for k, v in out.items()}
-    try:
-        blob = to_bytes(tensors)
-        atomic_write(path, lambda f: f.write(blob), mode="wb")
-    except OSError:
-        pass  # an unwritable cache only costs the time to measure again
-    return out
+    return cached_measurements(key, compute)
 
 
 # --------------------------------------------------------------------------- the run

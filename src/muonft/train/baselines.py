@@ -1,0 +1,61 @@
+"""Measurements taken before fine-tuning starts, cached across runs.
+
+Every run of a sweep that starts from the same pretrained weights measures the same zero-shot
+metric and the same "before" side of the forgetting probe; recomputing them costs several
+evaluations per run. :func:`cached_measurements` stores them in
+``$MUONFT_CACHE/baselines/<sha256 of the key>.safetensors`` (written atomically); the key must
+hold everything the values depend on — the recipes put in the weights' sha256 (or a
+sha-pinned source manifest), the evaluation data, sizes, seeds that shape the model, the
+device type and the library versions. A torn or foreign cache file is measured again and
+overwritten; an unwritable cache only costs the time to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def cached_measurements(key: dict[str, Any], compute: Callable[[], dict[str, Any]]
+                        ) -> dict[str, Any]:
+    """``compute()`` (floats and tensors by name), or what it returned for the same ``key``
+    before. Floats round-trip exactly (stored as float64)."""
+    from safetensors.torch import load_file
+    from safetensors.torch import save as to_bytes
+
+    from muonft.atomic import atomic_write
+    from muonft.data import cache_dir
+
+    key = {**key, "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_dir() / "baselines" / f"{digest[:24]}.safetensors"
+    if path.exists():
+        try:
+            return {k: (v if v.ndim else float(v)) for k, v in load_file(str(path)).items()}
+        except Exception:  # safetensors' own error on a torn or foreign file: measure again
+            pass
+    out = compute()
+    tensors = {k: v.detach().cpu().contiguous() if isinstance(v, torch.Tensor)
+               else torch.tensor(float(v), dtype=torch.float64) for k, v in out.items()}
+    try:
+        blob = to_bytes(tensors)
+        atomic_write(path, lambda f: f.write(blob), mode="wb")
+    except OSError:
+        pass
+    return out
+
+
+def array_digest(*arrays: Any) -> str:
+    """sha256 over the bytes of token arrays / memmaps (identifies evaluation data)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
