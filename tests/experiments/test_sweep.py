@@ -63,8 +63,10 @@ def test_registered_in_process_runner_and_skip_on_rerun(tmp_path):
     CALLS.clear()
     run_sweep(s, tmp_path, workers=0, progress=False)
     assert len(CALLS) == 6
-    run_sweep(s, tmp_path, workers=0, progress=False)
+    again = run_sweep(s, tmp_path, workers=0, progress=False)
     assert len(CALLS) == 6  # nothing runs twice
+    # with nothing run there is no overhead ratio to speak of (not "100%")
+    assert again.ran == 0 and again.line().endswith("nothing to run")
 
 
 def test_adaptive_grid_extends_at_the_edge_and_stops_at_the_bound(tmp_path):

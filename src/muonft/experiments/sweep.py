@@ -81,7 +81,9 @@ class SweepSummary:
         return (f"sweep {self.name}: {self.total} runs ({self.skipped} already finished, "
                 f"{self.ran} run now): {c.get('done', 0)} done, {c.get('diverged', 0)} diverged, "
                 f"{c.get('failed', 0)} failed; {self.wall_s:.1f}s with {self.workers} worker(s) "
-                f"× {self.threads} thread(s); overhead {100 * self.overhead:.2f}%")
+                f"× {self.threads} thread(s); " + (
+                    f"overhead {100 * self.overhead:.2f}%" if self.runner_s > 0
+                    else "nothing to run"))
 
 
 def default_workers_threads(workers: int | None, threads: int | None) -> tuple[int, int]:
