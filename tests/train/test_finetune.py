@@ -135,7 +135,9 @@ def test_zero_shot_and_pretraining_loss_are_measured_once_per_weights(ft_env, tm
     spec = {"init": str(root / "pt"), "task": task, "steps": 2, "batch_size": 2,
             "block_size": 12, "eval_every": 0, "eval_batches": 1, "warmup": 0}
     a = finetune({**spec, "lr": 1e-3}, tmp_path / "a", progress=False)
-    n_run = len(calls)  # zero-shot, pretraining loss before and after, test
+    # zero-shot, pretraining loss before and after, test; the target is the loop's final eval
+    n_run = len(calls)
+    assert n_run == 4 and a["metrics"]["target"] == a["curves"]["val_loss"][-1][1]
     b = finetune({**spec, "lr": 2e-3, "optimizer": "adamw"}, tmp_path / "b", progress=False)
     assert len(calls) == 2 * n_run - 2  # zero-shot and pretraining-domain loss: cached
     assert b["metrics"]["zero_shot"] == a["metrics"]["zero_shot"]

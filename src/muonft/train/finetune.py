@@ -408,8 +408,10 @@ def _finetune_gpt(spec: dict[str, Any], out: Path, ctx, *, progress: bool,
         from muonft.adapters import merge_lora, unmerge_lora
 
         merge_lora(model)
+    # the loop's final evaluation (same windows of the val split) is the target: not run twice
+    final_v = result["final"].get("val_loss") if result["status"] == "done" else None
     try:
-        target_loss = _eval_loss(model, target.val, spec)
+        target_loss = final_v if final_v is not None else _eval_loss(model, target.val, spec)
         test_loss = _eval_loss(model, target.heldout, spec)
         pre_after = _eval_loss(model, pre.heldout, spec)
     finally:
