@@ -210,6 +210,7 @@ def test_constrained_sweeps_and_composite_preset(tiny_preset, tmp_path, monkeypa
     assert res.report == out / "report" / "report.md"
     assert "tiny-con: test" in index and "../tiny-con/report/report.md" in index
     assert "| 2 |" in index  # the part's claims table
+    assert "| Muon update_rank=2 |" in index and "Schemes meeting the target:" in index
 
 
 @pytest.mark.slow
