@@ -593,7 +593,7 @@ def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
         else:
             doc.table(claims[["claim", "measured", "estimate", "ci_low", "ci_high",
                               "resolvable", "verdict"]])
-        ctab = constrained_table(frame) if not frame.empty else pd.DataFrame()
+        ctab = constrained_table(frame)  # empty without constrained cells or runs
         if not ctab.empty:
             doc.p("Constrained-update Muon vs AdamW full fine-tuning (gaps > 0 are worse; "
                   "95% CI half-widths):")
