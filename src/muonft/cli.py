@@ -33,9 +33,10 @@ def _root() -> None:
 def finetune(
     init: str = typer.Option("gpt-tiny-adamw-s0", help="muonft pretrain dir or cache name, "
                              "or an HF model: minilm, smollm2, hf:<path-or-id>."),
-    task: str = typer.Option("lm:rt", help="Target task: lm:<corpus>, rt-sentiment, "
+    task: str = typer.Option(None, help="Target task: lm:<corpus>, rt-sentiment, "
                              "glue:<task>, glue-tsv:<task>:<dir>; images (ViT inits): "
-                             "digits, mnist-rot, mnist-inv."),
+                             "digits, mnist-rot, mnist-inv (default: the model's own: lm:rt, "
+                             "rt-sentiment for minilm, digits for a ViT)."),
     optimizer: str = typer.Option("muon", help="adamw or muon."),
     method: str = typer.Option("full", help="full or lora."),
     lr: float = typer.Option(None, help="Learning rate (default per optimizer and method)."),
@@ -69,42 +70,28 @@ def finetune(
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Fine-tune a pretrained GPT or HF model (full or LoRA, AdamW or Muon) and measure the
-    mismatch; e.g. ``--init minilm --task rt-sentiment`` or ``--init smollm2 --task lm:kjv``.
-    The GPT recipe runs unchanged under `torchrun --nproc-per-node N` (DDP, or FSDP2 with
-    MUONFT_PARALLEL=fsdp; rank 0 writes)."""
-    from muonft.train.finetune import default_spec
+    """Fine-tune a pretrained GPT, HF model or ViT (full or LoRA, AdamW or Muon) and measure
+    the mismatch; e.g. ``--init minilm --task rt-sentiment`` or ``--init smollm2 --task lm:kjv``.
+    Options left out take the model family's defaults. The GPT runs unchanged under `torchrun
+    --nproc-per-node N` (DDP, or FSDP2 with MUONFT_PARALLEL=fsdp; rank 0 writes)."""
     from muonft.train.finetune import finetune as run_finetune
-    from muonft.train.vision import is_vision_task
+    from muonft.train.finetune import steps_for_epochs
+    from muonft.train.plugins import spec_from_options
 
-    if is_vision_task(task):  # image tasks (digits, mnist-rot, mnist-inv): the ViT recipe
-        from muonft.train.distributed import require_single_process
-        from muonft.train.vision import default_finetune_spec as default_spec
-
-        require_single_process("vision (ViT) fine-tuning")
-        from muonft.train.vision import vision_finetune as run_finetune
-    if steps is not None and steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {steps}")
     if epochs is not None and steps is not None:
         raise ValueError("give --steps or --epochs, not both")
-    spec = default_spec(init=init, task=task, optimizer=optimizer, method=method, lr=lr,
-                        steps=steps, seed=seed, lora_rank=rank, lora_alpha=alpha,
-                        lora_variant=variant, lora_dropout=dropout, weight_decay=weight_decay,
-                        orthogonalizer=orthogonalizer, scale=scale, diag_every=diag_every,
-                        block_size=block_size, batch_size=batch_size, eval_batches=eval_batches,
-                        update_rank=update_rank, max_drift=max_drift, lora_muon=lora_muon)
-    if spec["method"] == "lora":  # fail before loading any model (HF recipes included)
-        from muonft.adapters import LoRASpec
-
-        LoRASpec(rank=spec["lora_rank"], alpha=spec["lora_alpha"], variant=spec["lora_variant"],
-                 dropout=spec.get("lora_dropout") or 0.0)
     if checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    spec = spec_from_options(
+        init=init, task=task, optimizer=optimizer, method=method, lr=lr, steps=steps,
+        seed=seed, lora_rank=rank, lora_alpha=alpha, lora_variant=variant,
+        lora_dropout=dropout, weight_decay=weight_decay, orthogonalizer=orthogonalizer,
+        scale=scale, diag_every=diag_every, block_size=block_size, batch_size=batch_size,
+        eval_batches=eval_batches, update_rank=update_rank, max_drift=max_drift,
+        lora_muon=lora_muon)
     if epochs is not None:
-        from muonft.train.finetune import steps_for_epochs
-
-        spec = {**spec, "steps": steps_for_epochs(spec, epochs)}  # validated already
-        print(f"{epochs:g} epoch(s) = {spec['steps']} steps", file=sys.stderr)
+        spec = spec.model_copy(update={"steps": steps_for_epochs(spec, epochs)})
+        print(f"{epochs:g} epoch(s) = {spec.steps} steps", file=sys.stderr)
     rec = run_finetune(spec, out, threads=threads, progress=not quiet,
                        checkpoint_every=checkpoint_every)
     if rec.get("rank", 0) != 0:  # under torchrun only rank 0 reports

@@ -1,11 +1,4 @@
-"""Run and sweep specs: validated data, hashed into run ids.
-
-A :class:`RunSpec` describes one run completely (what to start from, what to train on, with which
-optimizer, method and hyper-parameters). Its id is ``run_id(spec)`` = the first 16 hex digits of
-sha256 over the *normalised* spec (JSON with sorted keys, every default filled in, floats written
-with 12 significant digits, and settings that cannot change the run removed: LoRA settings of a
-full fine-tune, Muon settings of an AdamW run). Identical runs therefore get identical ids, and a
-sweep re-run skips what it already has.
+"""Sweep specs: a grid of :class:`muonft.spec.RunSpec` runs, validated data.
 
 A :class:`SweepSpec` is a base RunSpec plus grid axes (field path → values; the learning rate may
 be given per optimizer, or per ``optimizer/method``), seeds, adaptive-grid settings and worker
@@ -16,139 +9,27 @@ allowed.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from muonft.errors import ConfigError
-
-OPTIMIZERS = ("adamw", "muon")
-METHODS = ("full", "lora")
-SCHEDULES = ("constant", "cosine", "linear")
-LORA_VARIANTS = ("lora", "rslora", "pissa", "dora", "olora", "lora_one")
-ORTHOGONALIZERS = ("ns5", "polar_express", "gram_ns", "gram_polar_express", "exact_thin",
-                   "svd", "exact", "auto")
-# Sweep axes whose values identify a run inside its cell rather than the cell itself.
-WITHIN_CELL_AXES = ("lr", "seed")
+from muonft.spec import (
+    METHODS,
+    OPTIMIZERS,
+    RunSpec,
+    cell_key,
+    field_paths,
+    format_validation_error,
+    register_spec_model,
+    run_id,
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LoRAConfig(_Strict):
-    """LoRA adapter settings (ignored, and hashed away, when ``method`` is ``full``)."""
-
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    variant: Literal["lora", "rslora", "pissa", "dora", "olora", "lora_one"] = "lora"
-    targets: tuple[str, ...] | None = None
-
-
-class MuonConfig(_Strict):
-    """Muon settings (ignored, and hashed away, when ``optimizer`` is ``adamw``)."""
-
-    scale: str = Field("match_adamw_rms", min_length=1)
-    orthogonalizer: Literal["ns5", "polar_express", "gram_ns", "gram_polar_express",
-                            "exact_thin", "svd", "exact", "auto"] = "polar_express"
-    ns_steps: int = Field(5, gt=0)
-    momentum: float = Field(0.95, ge=0, lt=1)
-    nesterov: bool = True
-    adamw_lr_ratio: float = Field(1.0, gt=0)
-
-
-class RunSpec(_Strict):
-    """One run: start point, task, optimizer, method and every hyper-parameter.
-
-    ``kind`` selects the runner (``finetune`` by default; ``pretrain``, ``synthetic`` or any
-    kind registered with :func:`muonft.experiments.sweep.register_runner`). ``init`` is a
-    ``muonft pretrain`` output dir, a checkpoint name in the cache (``gpt-tiny-adamw-s0``) or
-    ``hf:<path-or-id>``. ``update_rank``, ``max_drift`` and ``lora_muon`` are the
-    constrained-update Muon options (:class:`muonft.optim.Muon`); ``None`` leaves them off.
-    """
-
-    kind: str = Field("finetune", pattern=r"^[a-z][a-z0-9_]*$")
-    init: str = Field("gpt-tiny-adamw-s0", min_length=1)
-    task: str = Field("lm:rt", min_length=1)
-    model: str | None = None
-    optimizer: Literal["adamw", "muon"] = "muon"
-    method: Literal["full", "lora"] = "full"
-    lr: float = Field(gt=0, allow_inf_nan=False)
-    steps: int = Field(200, gt=0)
-    batch_size: int = Field(16, gt=0)
-    block_size: int | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
-    warmup: int = Field(10, ge=0)
-    schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    grad_clip: float | None = Field(1.0, gt=0)
-    eval_every: int = Field(50, gt=0)
-    eval_batches: int = Field(10, gt=0)
-    lora: LoRAConfig = LoRAConfig()
-    muon: MuonConfig = MuonConfig()
-    update_rank: int | None = Field(None, gt=0)
-    max_drift: float | None = Field(None, gt=0)
-    lora_muon: Literal["independent", "joint"] | None = None
-
-
-def _normalise_value(v: Any) -> Any:
-    if isinstance(v, float):
-        if v == 0 or not math.isfinite(v):
-            return 0.0 if v == 0 else v
-        return float(f"{v:.12g}")
-    if isinstance(v, dict):
-        return {k: _normalise_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_normalise_value(x) for x in v]
-    return v
-
-
-def normalise(spec: RunSpec) -> dict[str, Any]:
-    """The canonical dict of a run: defaults filled, floats rounded to 12 significant digits,
-    and the settings that cannot affect the run removed (``lora`` under ``method: full``,
-    ``muon`` under ``optimizer: adamw``)."""
-    d = spec.model_dump(mode="json")
-    if d["method"] == "full":
-        d.pop("lora")
-    if d["optimizer"] == "adamw":
-        d.pop("muon")
-    return _normalise_value(d)
-
-
-def run_id(spec: RunSpec) -> str:
-    """First 16 hex digits of sha256 over ``json.dumps(normalise(spec), sort_keys=True)``."""
-    blob = json.dumps(normalise(spec), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cell_key(spec: RunSpec) -> str:
-    """The id of a run's *cell*: its normalised spec without ``lr`` and ``seed`` (all runs of an
-    LR × seed grid that share every other setting)."""
-    d = normalise(spec)
-    for k in WITHIN_CELL_AXES:
-        d.pop(k, None)
-    return json.dumps(d, sort_keys=True, separators=(",", ":"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Field paths ("lora.rank") over RunSpec
-
-def field_paths() -> list[str]:
-    """Every settable field path of a RunSpec (``lr``, ``lora.rank``, ``muon.scale``, ...)."""
-    out = []
-    for name, f in RunSpec.model_fields.items():
-        sub = f.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            out += [f"{name}.{s}" for s in sub.model_fields]
-        else:
-            out.append(name)
-    return out
 
 
 def set_path(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -232,6 +113,9 @@ class SweepSpec(_Strict):
         return seeds
 
 
+register_spec_model(SweepSpec)
+
+
 def lr_grid_for(sweep: SweepSpec, point: dict[str, Any]) -> list[float]:
     """The LR values of a grid point (``lr`` axis as a list, or looked up by
     ``optimizer/method`` then ``optimizer``; falls back to ``base.lr``)."""
@@ -281,38 +165,6 @@ def _build(sweep: SweepSpec, data: dict[str, Any]) -> RunSpec:
         path = ".".join(str(x) for x in err["loc"])
         where = "grid" if path in sweep.grid or path.split(".")[0] in sweep.grid else "base"
         raise ConfigError(format_validation_error(e, where)) from None
-
-
-def format_validation_error(e: ValidationError, prefix: str = "") -> str:
-    """One line per pydantic error (joined by '; '): field path, problem, offending value, and
-    the allowed keys for unknown ones."""
-    parts = []
-    for err in e.errors(include_url=False):
-        loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(err["loc"][:-1], e.title)
-            msg = f"unknown key{'; allowed: ' + ', '.join(allowed) if allowed else ''}"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        elif "input" in err and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
-def _allowed_keys(loc: tuple[Any, ...], title: str) -> list[str]:
-    models: dict[str, type[BaseModel]] = {"SweepSpec": SweepSpec, "RunSpec": RunSpec}
-    model = models.get(title)
-    if model is SweepSpec and loc and loc[0] == "base":
-        model, loc = RunSpec, loc[1:]
-    for part in loc:
-        if model is None:
-            return []
-        f = model.model_fields.get(str(part))
-        ann = f.annotation if f else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return list(model.model_fields) if model else []
 
 
 def parse_sweep_spec(data: Any, source: str = "sweep spec") -> SweepSpec:

@@ -121,25 +121,27 @@ def require_single_process(recipe: str) -> None:
                           f"torchrun (WORLD_SIZE={world_size_from_env()})")
 
 
-def parallelize(model: nn.Module, ctx: DistContext) -> Callable[[nn.Module, Any], Any]:
+def parallelize(model: nn.Module, ctx: DistContext, loss: Callable[[nn.Module, Any], Any]
+                | None = None) -> Callable[[nn.Module, Any], Any]:
     """Make ``model`` data-parallel for ``ctx`` and return the loss function the loop should
-    use (``loss_fn(model, batch)``). Build the optimizer *after* this call: under ``fsdp``
-    the model's parameters are replaced by DTensor shards (in place: ``model`` stays the object
-    to train, evaluate and checkpoint). Under ``ddp`` the loop keeps the plain module (its
-    names, its state dict) and the loss runs through the DDP wrapper, which all-reduces the
-    gradients."""
+    use (``loss_fn(model, batch)``; ``loss`` is the single-process one, default
+    ``model(x, y)``'s). Build the optimizer *after* this call: under ``fsdp`` the model's
+    parameters are replaced by DTensor shards (in place: ``model`` stays the object to train,
+    evaluate and checkpoint). Under ``ddp`` the loop keeps the plain module (its names, its
+    state dict) and the loss runs through the DDP wrapper, which all-reduces the gradients."""
     from muonft.train.loop import default_loss
 
+    loss = loss or default_loss
     if ctx.mode == "ddp":
         ddp = nn.parallel.DistributedDataParallel(model)
 
         def loss_fn(_m: nn.Module, batch: Any) -> Any:
-            return default_loss(ddp, batch)
+            return loss(ddp, batch)
 
         return loss_fn
     if ctx.mode == "fsdp":
         shard_model(model, ctx)
-    return default_loss
+    return loss
 
 
 def is_sharded_model(model: nn.Module) -> bool:

@@ -244,7 +244,7 @@ def train(
     eval_fn: EvalFn | None = None,
     ckpt_dir: Path | None = None,
     spec: dict[str, Any] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], dict[str, float] | None] | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``ckpt_dir`` if it holds
@@ -252,7 +252,8 @@ def train(
 
     Each step: lr = initial_lr × :func:`lr_multiplier`; loss = ``loss_fn(model,
     get_batch(step))``; divergence check; backward; clip the global grad norm to
-    ``grad_clip``; ``optimizer.step()``; ``on_step(step_done, loss)``; every ``eval_every``
+    ``grad_clip``; ``optimizer.step()``; ``on_step(step_done, loss)`` (a mapping it returns is recorded as
+    curves at that step); every ``eval_every``
     steps ``eval_fn(model)`` (under ``no_grad`` and ``eval()``) then ``on_eval(step, metrics)``;
     every ``checkpoint_every`` steps an atomic checkpoint (weights, optimizer, RNG, schedule,
     ``spec``, curves). A non-finite loss or grad norm, or a loss above ``diverge_factor`` × the
@@ -308,8 +309,9 @@ def train(
             rs.tokens += int(batch[0].numel())
             rs.step = step + 1
             steps_run += 1
-            if on_step is not None:
-                on_step(rs.step, lv)
+            if on_step is not None:  # values it returns are curves, checkpointed with the run
+                for k, v in (on_step(rs.step, lv) or {}).items():
+                    rs.curves.setdefault(k, []).append([rs.step, v])
             if rs.step % cfg.log_every == 0 or rs.step == cfg.steps:
                 rs.curves.setdefault("train_loss", []).append([rs.step, lv])
             if eval_fn is not None and cfg.eval_every and rs.step % cfg.eval_every == 0:

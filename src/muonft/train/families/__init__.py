@@ -1,0 +1,1 @@
+"""Model-family plugins of the fine-tuning skeleton (:mod:`muonft.train.plugins`)."""

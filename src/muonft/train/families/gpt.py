@@ -1,0 +1,99 @@
+"""Model source: our nanochat-style GPT, from a ``muonft pretrain`` output.
+
+``init`` is the output directory or a checkpoint name in the cache (``gpt-tiny-adamw-s0``).
+The model trains on ``lm:<corpus>`` tasks with its own tokenizer; forgetting is the held-out
+loss of its *pretraining* corpus (recorded in the checkpoint's ``config.json``). Runs under
+``torchrun`` (DDP or FSDP2, :mod:`muonft.train.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muonft.atomic import sha256_file
+from muonft.data import cache_dir, get_tokenizer, load_lm_splits
+from muonft.errors import CheckpointError, ConfigError, DataMissingError
+from muonft.models import build_gpt
+from muonft.spec import RunSpec
+from muonft.train.checkpoint import load_weights
+from muonft.train.plugins import Loaded
+from muonft.train.probes import LMProbe
+
+# Windows per evaluation batch of LM tasks: the pretraining evaluation's.
+EVAL_WINDOWS = 32
+DEFAULT_LR = {("adamw", "full"): 3e-3, ("muon", "full"): 3e-3,
+              ("adamw", "lora"): 1e-2, ("muon", "lora"): 1e-2}
+
+
+def resolve_init(init: str) -> Path:
+    """A pretrain output directory from a path or a checkpoint name in the cache."""
+    p = Path(init).expanduser()
+    if not p.exists():
+        p = cache_dir() / "checkpoints" / init
+    if not (p / "config.json").exists() or not (p / "model.safetensors").exists():
+        raise DataMissingError(f"no pretrained checkpoint at {init!r} (looked for config.json "
+                               f"and model.safetensors); run `muonft pretrain` first")
+    return p
+
+
+def checkpoint_config(path: Path) -> dict[str, Any]:
+    """The ``config.json`` of a pretrain output directory (CheckpointError when corrupt)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path / 'config.json'} is corrupt") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path / 'config.json'} is not a JSON object")
+    return cfg
+
+
+def load_pretrained(path: Path):
+    """(model, tokenizer, config dict) of a ``muonft pretrain`` output directory."""
+    cfg = checkpoint_config(path)
+    if "config" not in cfg or "tokenizer" not in cfg:
+        raise CheckpointError(f"{path / 'config.json'} has no 'config'/'tokenizer' entry; not "
+                              f"a muonft pretrain checkpoint")
+    model = build_gpt(cfg["config"])
+    model.load_state_dict(load_weights(path / "model.safetensors"), strict=True)
+    return model, _tokenizer(cfg), cfg
+
+
+def _tokenizer(cfg: dict[str, Any]):
+    return get_tokenizer(cfg["tokenizer"]["vocab_size"], corpus=cfg["tokenizer"]["corpus"])
+
+
+class GPTSource:
+    name, tasks = "gpt", ("lm",)
+    distributed = True
+
+    def claims(self, init: str) -> bool:
+        return not init.startswith("hf:")  # the catch-all for local checkpoints
+
+    def default_task(self, init: str) -> str:
+        return "lm:rt"
+
+    def defaults(self, task_kind: str, optimizer: str, method: str) -> dict[str, Any]:
+        return {"lr": DEFAULT_LR[(optimizer, method)], "block_size": 128}
+
+    def tokenizer(self, spec: RunSpec):
+        return _tokenizer(checkpoint_config(resolve_init(spec.init)))
+
+    def load(self, spec: RunSpec, task_kind: str, block_size: int | None,
+             device: torch.device) -> Loaded:
+        path = resolve_init(spec.init)
+        model, tok, cfg = load_pretrained(path)
+        if cfg.get("kind", "gpt") != "gpt":
+            raise ConfigError(f"init: {spec.init!r} is a {cfg.get('kind')!r} checkpoint, not a "
+                              f"GPT")
+        corpus = cfg.get("pretrain_corpus", "kjv")
+        probe = LMProbe(corpus, load_lm_splits(corpus, tok).heldout, block_size, EVAL_WINDOWS,
+                        spec.eval_batches, None)
+        return Loaded(model.to(device), probe, tokenizer=tok, lm_eval_windows=EVAL_WINDOWS,
+                      identity={"weights": sha256_file(path / "model.safetensors")})
+
+
+SOURCE = GPTSource()
