@@ -23,7 +23,7 @@ import torch
 
 def _model(init: str, lora: bool):
     from muonft.adapters import LoRASpec, apply_lora
-    from muonft.train.finetune import load_pretrained, resolve_init
+    from muonft.train.families.gpt import load_pretrained, resolve_init
 
     model, tok, _ = load_pretrained(resolve_init(init))
     if lora:

@@ -68,13 +68,13 @@ def test_missing_directory_is_a_clear_error(tmp_path):
 
 
 def test_lora_finetune_of_an_hf_clip(tmp_path, tmp_cache, monkeypatch):
-    from muonft.train.vision import vision_finetune
+    from muonft.train.finetune import finetune
 
     fetch_fakes(monkeypatch)
     init = f"hf:{save_tiny_clip(tmp_path / 'clip')}"
-    rec = vision_finetune(dict(init=init, task="digits", method="lora", optimizer="muon",
-                               lora_rank=2, steps=3, batch_size=8, warmup=1, eval_every=3),
-                          tmp_path / "ft", progress=False)
+    rec = finetune(dict(init=init, task="digits", method="lora", optimizer="muon",
+                        lora_rank=2, steps=3, batch_size=8, warmup=1, eval_every=3),
+                   tmp_path / "ft", progress=False)
     m = rec["metrics"]
     assert rec["status"] == "done" and m["forgetting_name"].startswith("mnist heldout feature")
     assert m["forgetting"] == pytest.approx(m["feature_drift"])

@@ -5,7 +5,8 @@ import pytest
 
 from muonft.cli import main
 from muonft.errors import ConfigError
-from muonft.train.finetune import default_spec, finetune
+from muonft.train.finetune import finetune
+from muonft.train.plugins import spec_from_options
 from muonft.train.pretrain import pretrain
 
 KEYS = {"stable_rank", "spectral_entropy", "spectral_norm", "max_norm", "l2_drift",
@@ -78,36 +79,43 @@ def test_rerun_is_a_noop_and_spec_change_refused(setup, tmp_path):
         finetune(_spec(setup, lr=0.5), tmp_path / "r", progress=False)
 
 
-def test_spec_validation():
-    with pytest.raises(ConfigError, match="method must be one of"):
-        default_spec(method="half")
-    with pytest.raises(ConfigError, match="needs an HF model init"):
-        default_spec(init="gpt-tiny-adamw-s0", task="rt-sentiment")
-    assert default_spec(task="rt-sentiment")["init"] == "minilm"  # the HF recipe's default
-    assert default_spec(method="full")["lora_rank"] is None
+def test_spec_validation(tmp_path):
+    with pytest.raises(ConfigError, match="method: Input should be 'full' or 'lora'"):
+        spec_from_options(method="half")
+    with pytest.raises(ConfigError, match="task: 'rt-sentiment' .classification. does not fit "
+                                          "init 'gpt-tiny-adamw-s0' .gpt., which trains lm"):
+        finetune(spec_from_options(init="gpt-tiny-adamw-s0", task="rt-sentiment"),
+                 tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    s = spec_from_options(init="minilm")  # an HF family's own task and defaults
+    assert (s.task, s.lr, s.batch_size, s.block_size) == ("rt-sentiment", 5e-5, 32, 64)
+    s = spec_from_options(init="gpt-tiny-adamw-s0", method="lora")
+    assert (s.task, s.lr, s.block_size) == ("lm:rt", 1e-2, 128)
 
 
 @pytest.mark.parametrize(("args", "msg"), [
     (["--init", "/nonexistent/ckpt"], "no pretrained checkpoint"),
-    (["--method", "half"], "method must be one of"),
-    (["--method", "lora", "--rank", "0"], "rank must be a positive integer, got 0"),
-    (["--steps", "-1"], "--steps must be >= 0"),
+    (["--method", "half"], "method: Input should be 'full' or 'lora' (got 'half')"),
+    (["--method", "lora", "--rank", "0"], "lora.rank: Input should be greater than 0 (got 0)"),
+    (["--steps", "-1"], "steps: Input should be greater than or equal to 0 (got -1)"),
     (["--steps", "3", "--epochs", "1"], "give --steps or --epochs, not both"),
 ])
 def test_cli_bad_inputs(args, msg, tmp_path, capsys, tmp_cache):
     assert main(["finetune", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+    assert not (tmp_path / "o").exists()  # nothing written
 
 
 def test_epochs_convert_to_steps_from_the_training_split(ft_env, tmp_path, capsys):
     import math
 
     from muonft.data import load_lm_splits
-    from muonft.train.finetune import load_pretrained, resolve_init, steps_for_epochs
+    from muonft.train.families.gpt import load_pretrained, resolve_init
+    from muonft.train.finetune import steps_for_epochs
 
     root, task = ft_env
-    spec = default_spec(init=str(root / "pt"), task=task, batch_size=2, block_size=16)
+    spec = spec_from_options(init=str(root / "pt"), task=task, batch_size=2, block_size=16)
     tok = load_pretrained(resolve_init(str(root / "pt")))[1]
     tokens = len(load_lm_splits(task[3:], tok).train)
     assert steps_for_epochs(spec, 0.5) == math.ceil(0.5 * tokens / 32)
@@ -125,19 +133,21 @@ def test_zero_shot_and_pretraining_loss_are_measured_once_per_weights(ft_env, tm
                                                                       monkeypatch):
     """A second run from the same weights reads the cached pre-fine-tuning losses (the same
     numbers); other weights are measured."""
-    from muonft.train import finetune as recipe
+    from muonft.train import probes, tasks
 
     root, task = ft_env
     calls = []
-    real = recipe._eval_loss
-    monkeypatch.setattr(recipe, "_eval_loss", lambda *a: calls.append(1) or real(*a))
+    real = tasks.lm_windows_loss
+    for module in (tasks, probes):  # every LM-loss evaluation, of the task and of the probe
+        monkeypatch.setattr(module, "lm_windows_loss", lambda *a: calls.append(1) or real(*a))
     # sizes no other test of the module uses, so the shared cache holds nothing for them yet
     spec = {"init": str(root / "pt"), "task": task, "steps": 2, "batch_size": 2,
             "block_size": 12, "eval_every": 0, "eval_batches": 1, "warmup": 0}
     a = finetune({**spec, "lr": 1e-3}, tmp_path / "a", progress=False)
-    # zero-shot, pretraining loss before and after, test; the target is the loop's final eval
+    # zero-shot, pretraining loss before and after, the loop's final evaluation (the target)
+    # and test
     n_run = len(calls)
-    assert n_run == 4 and a["metrics"]["target"] == a["curves"]["val_loss"][-1][1]
+    assert n_run == 5 and a["metrics"]["target"] == a["curves"]["val_loss"][-1][1]
     b = finetune({**spec, "lr": 2e-3, "optimizer": "adamw"}, tmp_path / "b", progress=False)
     assert len(calls) == 2 * n_run - 2  # zero-shot and pretraining-domain loss: cached
     assert b["metrics"]["zero_shot"] == a["metrics"]["zero_shot"]

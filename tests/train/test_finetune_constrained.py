@@ -9,7 +9,8 @@ import pytest
 
 from muonft.cli import main
 from muonft.errors import ConfigError
-from muonft.train.finetune import default_spec, finetune
+from muonft.train.finetune import finetune
+from muonft.train.plugins import spec_from_options
 from muonft.train.pretrain import pretrain
 
 
@@ -83,15 +84,14 @@ def test_cli_flags_reach_result_json(env, tmp_path, capsys):
 ])
 def test_invalid_constraint_options_are_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
-        default_spec(**kw)
+        spec_from_options(**kw)
 
 
-def test_runner_adapter_passes_the_options_through():
-    from muonft.experiments.runners import finetune_kwargs
-    from muonft.experiments.spec import RunSpec
+def test_the_spec_passes_the_options_to_the_optimizer():
+    from muonft.spec import RunSpec
 
-    kw = finetune_kwargs(RunSpec(lr=1e-2, update_rank=4, max_drift=0.1))
+    kw = RunSpec(lr=1e-2, update_rank=4, max_drift=0.1).optimizer_kwargs()
     assert kw["update_rank"] == 4 and kw["max_drift"] == 0.1
-    kw = finetune_kwargs(RunSpec(lr=1e-2, method="lora", lora_muon="joint"))
+    kw = RunSpec(lr=1e-2, method="lora", lora_muon="joint").optimizer_kwargs()
     assert kw["lora_muon"] == "joint"
-    assert "update_rank" not in finetune_kwargs(RunSpec(lr=1e-2))
+    assert "update_rank" not in RunSpec(lr=1e-2).optimizer_kwargs()

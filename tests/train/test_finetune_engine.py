@@ -12,7 +12,10 @@ import torch
 from muonft.cli import main
 from muonft.errors import ConfigError
 from muonft.train import finetune as ft
-from muonft.train.finetune import default_spec, finetune
+from muonft.spec import RunSpec
+from muonft.train.families.gpt import load_pretrained
+from muonft.train.finetune import finetune
+from muonft.train.plugins import TaskData, spec_from_options
 from muonft.train.loop import TrainConfig, lr_multiplier
 from muonft.train.pretrain import build_optimizer
 
@@ -49,7 +52,8 @@ def test_lora_one_gradient_batches_are_outside_the_training_stream():
         return torch.ones(2, 2), torch.zeros(2, 2)
 
     model = Model()
-    ft.lora_one_grad_fn(get_batch)(model)
+    data = TaskData(get_batch, lambda m, b: m(*b)[1], None, None, "")
+    ft.lora_one_grad_fn(data)(model)
     assert asked == [2**32 + i for i in range(ft.LORA_ONE_BATCHES)]
     # Mean over the batches: the gradient of one batch's loss, not four times it.
     assert torch.equal(model.w.grad, torch.ones(2, 2))
@@ -96,33 +100,32 @@ def test_update_rms_per_group_matches_the_muon_scale_rule(ft_env, tmp_path, muon
     assert a["metrics"]["update_rms"] == pytest.approx(a["metrics"]["update_rms_adamw"])
 
 
-def test_resumed_run_averages_only_its_own_steps_and_keeps_diag_curves(ft_env, tmp_path,
-                                                                      monkeypatch, muon_run):
+def test_resumed_run_keeps_every_step_of_its_curves_and_means(ft_env, tmp_path, monkeypatch,
+                                                              muon_run):
+    """Update-RMS and diagnostics curves live in the checkpoint: a run killed after step 3
+    and resumed from step 2 records exactly what the uninterrupted run records."""
     real_train = ft.train
 
     def killed_at_3(*args, on_step, **kw):
         def hook(step, loss):
-            on_step(step, loss)
+            out = on_step(step, loss)
             if step == 3:
                 raise RuntimeError("killed")
+            return out
         return real_train(*args, on_step=hook, **kw)
 
     spec = _spec(ft_env, diag_every=2)
-    whole = muon_run["curves"]["update_rms_muon"]
     monkeypatch.setattr(ft, "train", killed_at_3)
     with pytest.raises(RuntimeError, match="killed"):
         finetune(spec, tmp_path / "r", progress=False, checkpoint_every=2)
     monkeypatch.setattr(ft, "train", real_train)
     rec = finetune(spec, tmp_path / "r", progress=False, checkpoint_every=2)
     assert rec["status"] == "done"
-    # Steps 3 and 4 were measured, exactly as in an uninterrupted run; the jump to the
-    # checkpoint's weights was not.
-    got = rec["curves"]["update_rms_muon"]
-    assert [s for s, _ in got] == [3, 4]
-    assert [v for _, v in got] == pytest.approx([v for _, v in whole[2:]], rel=1e-4)
-    assert rec["metrics"]["update_rms_muon"] == pytest.approx((whole[2][1] + whole[3][1]) / 2,
-                                                              rel=1e-4)
-    assert [s for s, _ in rec["curves"]["diag_l2_drift"]] == [2, 4]
+    for k in ("update_rms", "update_rms_muon", "update_rms_adamw", "diag_l2_drift"):
+        assert rec["curves"][k] == muon_run["curves"][k], k
+    for k in ("update_rms", "update_rms_muon", "update_rms_adamw", "target", "test"):
+        assert rec["metrics"][k] == muon_run["metrics"][k], k
+    assert [s for s, _ in rec["curves"]["update_rms_muon"]] == [1, 2, 3, 4]
 
 
 # --- periodic diagnostics -----------------------------------------------------------------------
@@ -155,10 +158,11 @@ def test_diag_curves_land_in_the_store(muon_run, tmp_path):
 # --- Muon options, LoRA options and the partition ------------------------------------------------
 def test_muon_options_reach_the_optimizer(ft_env):
     root, _ = ft_env
-    spec = default_spec(**_spec(ft_env, orthogonalizer="exact_thin", ns_steps=3, momentum=0.9,
-                                nesterov=False, adamw_lr_ratio=0.25, scale="lora_balanced"))
-    model, _, _ = ft.load_pretrained(root / "pt")
-    opt = build_optimizer(model, "muon", spec["lr"], 0.0, **ft.muon_options(spec))
+    spec = spec_from_options(**_spec(ft_env, orthogonalizer="exact_thin", ns_steps=3,
+                                     momentum=0.9, nesterov=False, adamw_lr_ratio=0.25,
+                                     scale="lora_balanced"))
+    model, _, _ = load_pretrained(root / "pt")
+    opt = build_optimizer(model, "muon", spec.lr, 0.0, **spec.optimizer_kwargs())
     muon = [g for g in opt.param_groups if g["use_muon"]]
     adamw = [g for g in opt.param_groups if not g["use_muon"]]
     assert muon and adamw
@@ -166,7 +170,7 @@ def test_muon_options_reach_the_optimizer(ft_env):
         assert (g["orthogonalizer"], g["ns_steps"], g["momentum"], g["nesterov"], g["scale"],
                 g["lr"]) == ("exact_thin", 3, 0.9, False, "lora_balanced", LR)
     assert all(g["lr"] == pytest.approx(0.25 * LR) for g in adamw)
-    assert ft.muon_options(default_spec(**_spec(ft_env, optimizer="adamw"))) == {}
+    assert spec_from_options(**_spec(ft_env, optimizer="adamw")).optimizer_kwargs() == {}
 
 
 def test_adamw_lr_ratio_scales_only_the_adamw_groups(ft_env, tmp_path, muon_run):
@@ -183,7 +187,7 @@ def test_lora_exact_thin_dropout_and_targets_run(ft_env, tmp_path):
                          lora_targets=("attn.q", "attn.v"), scale="lora_balanced"),
                    tmp_path / "r", progress=False)
     assert rec["status"] == "done"
-    assert rec["spec"]["lora_targets"] == ["attn.q", "attn.v"]
+    assert rec["spec"]["lora"]["targets"] == ["attn.q", "attn.v"]
     assert set(rec["diagnostics_lora"]) == {"attn_q", "attn_v", "overall"}
     moved = {g for g, row in rec["diagnostics"].items() if row["l2_drift"] > 0}
     assert moved == {"attn_q", "attn_v", "overall"}
@@ -198,9 +202,9 @@ def test_muon_applies_to_exactly_the_adapter_factors(ft_env):
     from muonft.adapters import LoRASpec, apply_lora, lora_factors
 
     root, _ = ft_env
-    model, _, _ = ft.load_pretrained(root / "pt")
+    model, _, _ = load_pretrained(root / "pt")
     model = apply_lora(model, LoRASpec(rank=4))
-    opt = build_optimizer(model, "muon", LR, 0.0, **ft.muon_options(default_spec()))
+    opt = build_optimizer(model, "muon", LR, 0.0, **RunSpec(lr=LR).optimizer_kwargs())
     factors = {id(t) for _, A, B, _ in lora_factors(model) for t in (A, B)}
     in_muon = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
     in_any = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -228,35 +232,44 @@ def test_lora_balanced_needs_no_adapter_import():
 
 # --- specs, resume, errors -------------------------------------------------------------------
 def test_result_json_of_an_older_version_still_resumes(ft_env, tmp_path):
+    """A result.json with the flat spec of earlier versions (options added since missing)
+    is the same run: returned as finished, not refused."""
     rec = finetune(_spec(ft_env, steps=0), tmp_path / "r", progress=False)
     path = tmp_path / "r" / "result.json"
     doc = json.loads(path.read_text())
-    for k in ("orthogonalizer", "ns_steps", "momentum", "nesterov", "adamw_lr_ratio",
-              "diag_every", "lora_dropout", "lora_targets"):
-        del doc["spec"][k]
-    path.write_text(json.dumps(doc))
+    flat = {**{k: v for k, v in doc["spec"].items() if k not in ("lora", "muon", "kind",
+                                                                  "model", "diag_every")},
+            "scale": "match_adamw_rms", "lora_rank": None, "lora_alpha": None}
+    path.write_text(json.dumps({**doc, "spec": flat}))
     again = finetune(_spec(ft_env, steps=0), tmp_path / "r", progress=False)
     assert again["resumed"] == "already finished"
     assert again["metrics"] == rec["metrics"]
-    with pytest.raises(ConfigError, match=r"differs in \['orthogonalizer'\]"):
+    with pytest.raises(ConfigError, match=r"differs in \['muon'\]"):
         finetune(_spec(ft_env, steps=0, orthogonalizer="ns5"), tmp_path / "r", progress=False)
 
 
 @pytest.mark.parametrize(("kw", "msg"), [
-    (dict(method="lora", lora_rank=0), "rank must be a positive integer, got 0"),
-    (dict(method="lora", lora_variant="lora_two"), "unknown LoRA variant 'lora_two'"),
-    (dict(method="lora", lora_dropout=1.0), r"dropout must be in \[0, 1\)"),
-    (dict(orthogonalizer="qr"), "orthogonalizer must be one of ns5, polar_express"),
-    (dict(scale="huge"), "unknown scale rule 'huge'"),
-    (dict(ns_steps=0), "ns_steps must be a positive integer, got 0"),
-    (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
-    (dict(adamw_lr_ratio=-1.0), "adamw_lr_ratio must be > 0"),
-    (dict(diag_every=-2), "diag_every must be an integer >= 0, got -2"),
-    (dict(block_size=0), "block_size must be a positive integer, got 0"),
+    (dict(method="lora", lora_rank=0), "lora.rank: Input should be greater than 0 .got 0."),
+    (dict(method="lora", lora_variant="lora_two"), "lora.variant: Input should be 'lora'"),
+    (dict(method="lora", lora_dropout=1.0), "lora.dropout: Input should be less than 1"),
+    (dict(orthogonalizer="qr"), "muon.orthogonalizer: Input should be 'ns5'"),
+    (dict(ns_steps=0), "muon.ns_steps: Input should be greater than 0"),
+    (dict(momentum=1.0), "muon.momentum: Input should be less than 1"),
+    (dict(adamw_lr_ratio=-1.0), "muon.adamw_lr_ratio: Input should be greater than 0"),
+    (dict(diag_every=-2), "diag_every: Input should be greater than or equal to 0 .got -2."),
+    (dict(block_size=0), "block_size: Input should be greater than 0 .got 0."),
+    (dict(lr=float("inf")), "lr: Input should be a finite number"),
+    (dict(weight_decay=float("inf")), "weight_decay: Input should be a finite number"),
 ])
 def test_bad_spec_values(kw, msg):
     with pytest.raises(ConfigError, match=msg):
-        default_spec(**kw)
+        spec_from_options(**kw)
+
+
+def test_unknown_scale_rule_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="muon.scale: unknown scale rule 'huge'"):
+        finetune(spec_from_options(scale="huge"), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(("kw", "msg"), [
@@ -270,19 +283,20 @@ def test_bad_lora_settings_for_the_model(ft_env, tmp_path, kw, msg):
 
 # --- CLI -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("args", "msg"), [
-    (["--orthogonalizer", "qr"], "orthogonalizer must be one of"),
-    (["--scale", "huge"], "unknown scale rule 'huge'"),
-    (["--diag-every", "-1"], "diag_every must be an integer >= 0, got -1"),
-    (["--block-size", "0"], "block_size must be a positive integer, got 0"),
-    (["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
-    (["--eval-batches", "0"], "eval_batches must be a positive integer, got 0"),
-    (["--method", "lora", "--dropout", "1.5"], "dropout must be in [0, 1)"),
-    (["--method", "lora", "--variant", "lora_two"], "unknown LoRA variant 'lora_two'"),
+    (["--orthogonalizer", "qr"], "muon.orthogonalizer: Input should be 'ns5'"),
+    (["--scale", "huge"], "muon.scale: unknown scale rule 'huge'"),
+    (["--diag-every", "-1"], "diag_every: Input should be greater than or equal to 0 (got -1)"),
+    (["--block-size", "0"], "block_size: Input should be greater than 0 (got 0)"),
+    (["--batch-size", "0"], "batch_size: Input should be greater than 0 (got 0)"),
+    (["--eval-batches", "0"], "eval_batches: Input should be greater than 0 (got 0)"),
+    (["--method", "lora", "--dropout", "1.5"], "lora.dropout: Input should be less than 1"),
+    (["--method", "lora", "--variant", "lora_two"], "lora.variant: Input should be 'lora'"),
 ])
 def test_cli_bad_option_values(args, msg, tmp_path, capsys, tmp_cache):
     assert main(["finetune", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_lora_one_with_muon_options(ft_env, tmp_path, capsys):
@@ -295,11 +309,9 @@ def test_cli_lora_one_with_muon_options(ft_env, tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     doc = json.loads((out / "result.json").read_text())
     assert doc["status"] == "done"
-    assert {k: doc["spec"][k] for k in ("lora_variant", "orthogonalizer", "scale",
-                                         "diag_every", "block_size", "batch_size",
-                                         "eval_batches", "lora_dropout")} == {
-        "lora_variant": "lora_one", "orthogonalizer": "exact_thin", "scale": "lora_balanced",
-        "diag_every": 1, "block_size": 32, "batch_size": 2, "eval_batches": 2,
-        "lora_dropout": 0.05}
+    spec = RunSpec.model_validate(doc["spec"])
+    assert (spec.lora.variant, spec.lora.dropout, spec.muon.orthogonalizer, spec.muon.scale,
+            spec.diag_every, spec.block_size, spec.batch_size, spec.eval_batches) == (
+        "lora_one", 0.05, "exact_thin", "lora_balanced", 1, 32, 2, 2)
     assert [s for s, _ in doc["curves"]["diag_l2_drift"]] == [1, 2]
     assert "diagnostics_lora" in doc

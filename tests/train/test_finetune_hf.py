@@ -10,8 +10,10 @@ import pytest
 from hf_tiny import save_tiny_bert, save_tiny_llama
 from muonft.cli import main
 from muonft.errors import ConfigError
-from muonft.train import finetune_hf
-from muonft.train.finetune import default_spec, finetune
+from muonft.train import finetune as skeleton
+from muonft.train.families import hf as hf_family
+from muonft.train.finetune import finetune
+from muonft.train.plugins import Loaded, TaskData, find_task, spec_from_options
 
 POS = ["great", "good", "fun", "love", "best"]
 NEG = ["awful", "bad", "boring", "hate", "worst"]
@@ -48,22 +50,25 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def general_corpus(tiny, monkeypatch, tmp_cache):
-    monkeypatch.setattr(finetune_hf, "GENERAL_CORPUS", tiny["general"])
+    monkeypatch.setattr(hf_family, "GENERAL_CORPUS", tiny["general"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_dispatch_and_spec_defaults(tiny):
-    s = default_spec(init="minilm", task="rt-sentiment", optimizer="muon", method="lora")
-    assert s["lr"] == finetune_hf.DEFAULT_LR[("muon", "lora")] and s["batch_size"] == 32
-    lm = default_spec(init="smollm2")
-    assert lm["task"] == "lm:rt" and (lm["batch_size"], lm["block_size"]) == (8, 128)
-    assert default_spec()["init"] == "gpt-tiny-adamw-s0"  # the GPT recipe is unchanged
+def test_dispatch_and_spec_defaults(tiny, tmp_path):
+    s = spec_from_options(init="minilm", task="rt-sentiment", optimizer="muon", method="lora")
+    assert s.lr == hf_family.DEFAULT_LR[("muon", "lora")] and s.batch_size == 32
+    lm = spec_from_options(init="smollm2")
+    assert lm.task == "lm:rt" and (lm.batch_size, lm.block_size) == (8, 128)
+    assert spec_from_options().init == "gpt-tiny-adamw-s0"  # the GPT family is the default
     with pytest.raises(ConfigError, match="encoder"):
-        default_spec(init="minilm", task="lm:kjv")
-    with pytest.raises(ConfigError, match="needs an HF model"):
-        default_spec(init="gpt-tiny-adamw-s0", task="rt-sentiment")
+        finetune(spec_from_options(init=f"hf:{tiny['bert']}", task="lm:kjv").model_copy(
+            update={"init": "minilm"}), tmp_path / "o")
+    with pytest.raises(ConfigError, match="which trains lm tasks"):
+        finetune(spec_from_options(init="gpt-tiny-adamw-s0", task="rt-sentiment"),
+                 tmp_path / "o")
     with pytest.raises(ConfigError, match="unknown finetune option"):
-        default_spec(init="minilm", nope=1)
+        spec_from_options(init="minilm", nope=1)
+    assert not (tmp_path / "o").exists()
 
 
 def _check_record(rec, lora):
@@ -140,7 +145,7 @@ def test_constrained_muon_options_on_an_hf_encoder(tiny, general_corpus, tmp_pat
     m = rec["metrics"]
     assert rec["status"] == "done" and m["drift_checks"] > 0 and m["drift_max"] <= rho + 1e-6
     assert m["drift_binds"] > 0  # lr 2e-2 moves far more than 1% in 4 steps
-    assert rec["spec"]["update_rank"] == 1
+    assert rec["spec"]["update_rank"] == 1 and m["update_rms_muon"] > 0
     joint = finetune({**base, "method": "lora", "lora_rank": 2, "lora_muon": "joint"},
                      tmp_path / "joint", progress=False)
     assert joint["status"] == "done" and joint["spec"]["lora_muon"] == "joint"
@@ -160,27 +165,37 @@ def test_baselines_are_cached_per_source_manifest_and_seed(tmp_cache, monkeypatc
     src = tmp_path / "minilm"
     src.mkdir()
     (src / hf.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": "ab" * 32}}))
-    monkeypatch.setattr(hf, "model_dir", lambda name: src)
+    monkeypatch.setattr(hf_family, "model_dir", lambda name: src)
     calls = []
 
-    def compute():
-        calls.append(1)
-        return {"zero_shot": 0.123456789, "emb_before": torch.arange(6.0).reshape(2, 3)}
+    class Probe:
+        key = {"probe": "embedding"}
 
-    spec = finetune_hf.default_spec(init="minilm", task="rt-sentiment", seed=3)
-    a = finetune_hf._baselines(spec, "classification", compute)
-    b = finetune_hf._baselines(spec, "classification", compute)
+        def before(self, model):
+            calls.append(1)
+            return {"emb_before": torch.arange(6.0).reshape(2, 3)}
+
+    data = TaskData(None, None, lambda m, split: {"val_accuracy": 0.123456789}, None, "d")
+    task = find_task("rt-sentiment")
+
+    def baselines(init, seed):
+        spec = spec_from_options(init="minilm", task="rt-sentiment", seed=seed)
+        loaded = Loaded(torch.nn.Linear(2, 2), Probe(), new_head=True,
+                        identity=hf_family._identity(init))
+        return skeleton._baselines(spec, loaded, task, data, 64, torch.device("cpu"))
+
+    a, b = baselines("minilm", 3), baselines("minilm", 3)
     assert len(calls) == 1 and b["zero_shot"] == a["zero_shot"] == 0.123456789
     assert torch.equal(b["emb_before"], a["emb_before"])
-    finetune_hf._baselines({**spec, "seed": 4}, "classification", compute)  # new head
+    baselines("minilm", 4)  # a new head
     assert len(calls) == 2
     (src / hf.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": "cd" * 32}}))
-    finetune_hf._baselines(spec, "classification", compute)  # other weights
+    baselines("minilm", 3)  # other weights
     assert len(calls) == 3
     for f in (tmp_cache / "baselines").iterdir():  # torn cache files are measured again
         f.write_bytes(b"torn")
-    assert finetune_hf._baselines(spec, "classification", compute)["zero_shot"] == 0.123456789
+    assert baselines("minilm", 3)["zero_shot"] == 0.123456789
     assert len(calls) == 4
-    hf_spec = {**spec, "init": "hf:/some/dir"}  # hf: inits are always measured
-    finetune_hf._baselines(hf_spec, "classification", compute)
-    assert len(calls) == 5
+    baselines("hf:/some/dir", 3)  # hf: inits are always measured
+    baselines("hf:/some/dir", 3)
+    assert len(calls) == 6

@@ -9,7 +9,10 @@ import torch
 from image_fakes import fetch_fakes
 from muonft.cli import main
 from muonft.errors import ConfigError
+from muonft.spec import RunSpec
 from muonft.train import vision
+from muonft.train.finetune import finetune
+from muonft.train.plugins import spec_from_options
 
 PRE = dict(steps=24, batch_size=16, eval_every=12, warmup=2)
 FT = dict(task="mnist-rot", steps=12, batch_size=16, eval_every=6, warmup=2)
@@ -78,9 +81,8 @@ def test_checkpoint_names():
 def test_zero_steps_leave_the_pretraining_task_untouched(env):
     root, _ = env
     for method in ("full", "lora"):
-        rec = vision.vision_finetune(dict(FT, init=str(root / "pt"), steps=0, method=method,
-                                          optimizer="muon"), root / f"zero-{method}",
-                                     progress=False)
+        rec = finetune(dict(FT, init=str(root / "pt"), steps=0, method=method,
+                            optimizer="muon"), root / f"zero-{method}", progress=False)
         m = rec["metrics"]
         assert m["forgetting"] == 0.0 and m["forgetting_acc"] == 0.0
         assert m["feature_drift"] == pytest.approx(0.0, abs=1e-6)
@@ -93,7 +95,7 @@ def test_finetune_learns_the_new_domain_and_measures_forgetting(env, optimizer, 
     lr = {"full": 3e-3, "lora": 2e-2}[method]
     out = root / f"ft-{optimizer}-{method}"
     spec = dict(FT, init=str(root / "pt"), optimizer=optimizer, method=method, lr=lr)
-    rec = vision.vision_finetune(spec, out, progress=False)
+    rec = finetune(spec, out, progress=False)
     m = rec["metrics"]
     assert rec["status"] == "done" and m["higher_is_better"] is True
     assert m["target_name"] == "val_accuracy" and m["target"] > m["zero_shot"]
@@ -107,41 +109,46 @@ def test_finetune_learns_the_new_domain_and_measures_forgetting(env, optimizer, 
         assert rec["diagnostics"]["embedding"]["l2_drift"] == 0.0
     stored = json.loads((out / "result.json").read_text())
     assert stored["metrics"]["target"] == m["target"]
-    assert vision.vision_finetune(spec, out, progress=False)["resumed"] == "already finished"
+    assert finetune(spec, out, progress=False)["resumed"] == "already finished"
 
 
-def test_finetune_spec_errors(env):
+def test_finetune_spec_errors(env, tmp_path):
     root, _ = env
-    with pytest.raises(ConfigError, match="pretraining task"):
-        vision.default_finetune_spec(task="mnist")
-    with pytest.raises(ConfigError, match=r"unknown vision finetune option\(s\) \['block_size'\]"):
-        vision.default_finetune_spec(block_size=64)
-    with pytest.raises(ConfigError, match="LoRA rank"):
-        vision.default_finetune_spec(method="lora", lora_rank=0)
+    init = str(root / "pt")
+    with pytest.raises(ConfigError, match="task: unknown task 'mnist'"):  # pretraining task
+        finetune(dict(FT, init=init, task="mnist"), tmp_path / "o")
+    with pytest.raises(ConfigError, match="block_size: image tasks have no sequences"):
+        finetune(dict(FT, init=init, block_size=64), tmp_path / "o")
+    with pytest.raises(ConfigError, match="lora.rank: Input should be greater than 0"):
+        spec_from_options(init=init, method="lora", lora_rank=0)
+    with pytest.raises(ConfigError, match="task: 'lm:rt' .lm. does not fit init .* .vit., which "
+                                          "trains image tasks"):
+        finetune(dict(FT, init=init, task="lm:rt"), tmp_path / "o")
     with pytest.raises(ConfigError, match="ViT pretraining runs on 'mnist'"):
         vision.default_pretrain_spec(task="digits")
     gpt = root / "gptlike"
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"kind": "gpt", "config": {}}))
     (gpt / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match="'gpt' checkpoint; vision tasks need a ViT"):
-        vision.vision_finetune(dict(FT, init=str(gpt)), root / "bad", progress=False)
+    with pytest.raises(ConfigError, match="task: 'mnist-rot' .image. does not fit init .* "
+                                          ".gpt., which trains lm tasks"):
+        finetune(dict(FT, init=str(gpt)), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    spec = spec_from_options(init=init)  # the ViT family's defaults
+    assert (spec.task, spec.lr, spec.steps, spec.batch_size, spec.block_size) == \
+        ("digits", 1e-2, 150, 64, None)
 
 
 def test_sweep_runner_kind_vision(env):
-    from muonft.experiments.runners import get_runner, vision_kwargs
-    from muonft.experiments.spec import RunSpec
+    from muonft.experiments.runners import get_runner
 
     root, _ = env
     spec = RunSpec(kind="vision", init=str(root / "pt"), task="mnist-inv", optimizer="adamw",
                    method="lora", lr=1e-2, steps=4, batch_size=8, warmup=1, eval_every=4,
                    lora={"rank": 2, "alpha": 4.0})
-    kw = vision_kwargs(spec)
-    assert kw["lora_rank"] == 2 and kw["task"] == "mnist-inv" and "orthogonalizer" not in kw
     rec = get_runner("vision")(spec, root / "runner")
-    assert rec["status"] == "done" and rec["spec"]["lora_rank"] == 2
-    with pytest.raises(ConfigError, match="block_size"):
-        vision_kwargs(spec.model_copy(update={"block_size": 64}))
+    assert rec["status"] == "done" and rec["spec"]["lora"]["rank"] == 2
+    assert RunSpec.model_validate(rec["spec"]) == spec
 
 
 def test_cli_pretrain_and_finetune(env, capsys):

@@ -90,9 +90,11 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
     if dd.world_size_from_env() > 1:
         if not getattr(source, "distributed", False):
             dd.require_single_process(f"{source.name} fine-tuning")
-        if dd.parallel_mode(parallel) == "fsdp" and spec.constrained:
-            raise ConfigError("update_rank, max_drift: constrained Muon updates need whole "
-                              "matrices on every rank; use MUONFT_PARALLEL=ddp")
+        given = [k for k in ("update_rank", "max_drift") if getattr(spec, k) is not None]
+        if dd.parallel_mode(parallel) == "fsdp" and (given or spec.lora_muon == "joint"):
+            given += ["lora_muon"] if spec.lora_muon == "joint" else []
+            raise ConfigError(f"{', '.join(given)}: constrained Muon updates need whole "
+                              f"matrices on every rank; use MUONFT_PARALLEL=ddp")
     if threads:
         torch.set_num_threads(threads)
     ctx = dd.setup(device, parallel)

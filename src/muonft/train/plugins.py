@@ -192,9 +192,8 @@ def resolve(spec: RunSpec) -> tuple[ModelSource, TaskPlugin]:
     task = find_task(spec.task)
     source = find_source(spec.init)
     if task.kind not in source.tasks:
-        raise ConfigError(f"task: {spec.task!r} is a{'n' if task.kind[0] in 'aeiou' else ''} "
-                          f"{task.kind} task; init {spec.init!r} ({source.name}) trains "
-                          f"{', '.join(source.tasks)} tasks")
+        raise ConfigError(f"task: {spec.task!r} ({task.kind}) does not fit init {spec.init!r} "
+                          f"({source.name}), which trains {', '.join(source.tasks)} tasks")
     return source, task
 
 
@@ -212,12 +211,11 @@ def spec_from_options(**options: Any) -> RunSpec:
     """A RunSpec from ``muonft finetune``'s flat options, the model family's defaults filling
     what is ``None`` or missing (its LR per optimizer and method, batch and block sizes, …)."""
     given = {k: v for k, v in options.items() if v is not None}
-    init = given.get("init", RunSpec.model_fields["init"].default)
-    source = find_source(init)
-    task = given.get("task") or source.default_task(init)
-    kind = find_task(task).kind
-    defaults = source.defaults(kind, given.get("optimizer", "muon"), given.get("method", "full"))
-    return RunSpec.from_options(**{**defaults, **given, "init": init, "task": task})
+    probe = RunSpec.from_options(**{"lr": 1.0, **given})  # every given value checked first
+    source = find_source(probe.init)
+    task = given.get("task") or source.default_task(probe.init)
+    defaults = source.defaults(find_task(task).kind, probe.optimizer, probe.method)
+    return RunSpec.from_options(**{**defaults, **given, "task": task})
 
 
 for _path in ("muonft.train.families.gpt:SOURCE", "muonft.train.families.vision:SOURCE",
