@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from muonft.experiments.spec import parse_sweep_spec
 from muonft.experiments.sweep import run_sweep
+from muonft.experiments.sweep_spec import parse_sweep_spec
 
 
 def main() -> None:

@@ -320,8 +320,8 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ) -> None:
     """Run a sweep: expand the grid, skip finished runs, run the rest, extend LR grids."""
-    from muonft.experiments.spec import load_sweep_spec
     from muonft.experiments.sweep import EXECUTORS, run_sweep
+    from muonft.experiments.sweep_spec import load_sweep_spec
 
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from muonft.cli import main
-from muonft.experiments.spec import expand, parse_sweep_spec, run_id
 from muonft.experiments.sweep import run_sweep
+from muonft.experiments.sweep_spec import expand, parse_sweep_spec
+from muonft.spec import run_id
 from muonft.store import Store
 
 ray = pytest.importorskip("ray")

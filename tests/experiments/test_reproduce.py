@@ -15,7 +15,7 @@ from muonft.experiments.reproduce import (
     sweep_specs,
     with_overrides,
 )
-from muonft.experiments.spec import expand, parse_sweep_spec
+from muonft.experiments.sweep_spec import expand, parse_sweep_spec
 from muonft.store import Store
 
 
@@ -131,7 +131,7 @@ def test_reproduce_end_to_end_and_resume(tiny_preset, tmp_path):
     assert (out / "report" / "toy_norms.png").stat().st_size > 1000
     assert "<pre>" in (out / "report" / "report.html").read_text()
     for spec in out.glob("specs/*.yaml"):  # the written specs are valid `muonft sweep` input
-        from muonft.experiments.spec import load_sweep_spec
+        from muonft.experiments.sweep_spec import load_sweep_spec
 
         assert load_sweep_spec(spec).name in res.sweeps
     # rerun: data and checkpoints reused, no run repeated, toy reused, report rewritten

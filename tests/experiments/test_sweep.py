@@ -16,8 +16,9 @@ import yaml
 
 from muonft.cli import main
 from muonft.experiments.runners import register_runner
-from muonft.experiments.spec import expand, parse_sweep_spec, run_id
 from muonft.experiments.sweep import run_sweep
+from muonft.experiments.sweep_spec import expand, parse_sweep_spec
+from muonft.spec import run_id
 from muonft.store import Store
 
 CALLS: list[float] = []

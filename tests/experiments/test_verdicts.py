@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from muonft.experiments.aggregate import best_lr_table, runs_frame, t_ci_halfwidth
-from muonft.experiments.spec import parse_sweep_spec
 from muonft.experiments.sweep import run_sweep
+from muonft.experiments.sweep_spec import parse_sweep_spec
 from muonft.experiments.verdicts import (
     INCONCLUSIVE,
     NO_DATA,

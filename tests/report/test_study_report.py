@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from muonft.cli import main
-from muonft.experiments.spec import parse_sweep_spec
 from muonft.experiments.sweep import run_sweep
+from muonft.experiments.sweep_spec import parse_sweep_spec
 from muonft.report.study import write_report
 from muonft.store import Store
 

@@ -82,8 +82,8 @@ def test_rerun_is_a_noop_and_spec_change_refused(setup, tmp_path):
 def test_spec_validation(tmp_path):
     with pytest.raises(ConfigError, match="method: Input should be 'full' or 'lora'"):
         spec_from_options(method="half")
-    with pytest.raises(ConfigError, match="task: 'rt-sentiment' .classification. does not fit "
-                                          "init 'gpt-tiny-adamw-s0' .gpt., which trains lm"):
+    with pytest.raises(ConfigError, match=r"task: 'rt-sentiment' .classification. does not fit "
+                                          r"init 'gpt-tiny-adamw-s0' .gpt., which trains lm"):
         finetune(spec_from_options(init="gpt-tiny-adamw-s0", task="rt-sentiment"),
                  tmp_path / "o")
     assert not (tmp_path / "o").exists()

@@ -11,12 +11,12 @@ import torch
 
 from muonft.cli import main
 from muonft.errors import ConfigError
-from muonft.train import finetune as ft
 from muonft.spec import RunSpec
+from muonft.train import finetune as ft
 from muonft.train.families.gpt import load_pretrained
 from muonft.train.finetune import finetune
-from muonft.train.plugins import TaskData, spec_from_options
 from muonft.train.loop import TrainConfig, lr_multiplier
+from muonft.train.plugins import TaskData, spec_from_options
 from muonft.train.pretrain import build_optimizer
 
 LR = 1e-2
@@ -267,7 +267,7 @@ def test_bad_spec_values(kw, msg):
 
 
 def test_unknown_scale_rule_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ConfigError, match="muon.scale: unknown scale rule 'huge'"):
+    with pytest.raises(ConfigError, match=r"muon.scale: unknown scale rule 'huge'"):
         finetune(spec_from_options(scale="huge"), tmp_path / "o")
     assert not (tmp_path / "o").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_baselines_are_cached_per_source_manifest_and_seed(tmp_cache, monkeypatc
     calls = []
 
     class Probe:
-        key = {"probe": "embedding"}
+        key: ClassVar[dict] = {"probe": "embedding"}
 
         def before(self, model):
             calls.append(1)

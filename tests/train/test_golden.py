@@ -15,6 +15,7 @@ GOLDEN = Path(__file__).parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN))
 
 from cases import CASES, build_env, build_vit, case_options, comparable  # noqa: E402
+
 from muonft.spec import RunSpec  # noqa: E402
 from muonft.train.families import hf as hf_family  # noqa: E402
 from muonft.train.finetune import finetune  # noqa: E402

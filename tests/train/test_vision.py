@@ -115,14 +115,14 @@ def test_finetune_learns_the_new_domain_and_measures_forgetting(env, optimizer, 
 def test_finetune_spec_errors(env, tmp_path):
     root, _ = env
     init = str(root / "pt")
-    with pytest.raises(ConfigError, match="task: unknown task 'mnist'"):  # pretraining task
+    with pytest.raises(ConfigError, match=r"task: unknown task 'mnist'"):  # pretraining task
         finetune(dict(FT, init=init, task="mnist"), tmp_path / "o")
-    with pytest.raises(ConfigError, match="block_size: image tasks have no sequences"):
+    with pytest.raises(ConfigError, match=r"block_size: image tasks have no sequences"):
         finetune(dict(FT, init=init, block_size=64), tmp_path / "o")
-    with pytest.raises(ConfigError, match="lora.rank: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"lora.rank: Input should be greater than 0"):
         spec_from_options(init=init, method="lora", lora_rank=0)
-    with pytest.raises(ConfigError, match="task: 'lm:rt' .lm. does not fit init .* .vit., which "
-                                          "trains image tasks"):
+    with pytest.raises(ConfigError, match=r"task: 'lm:rt' .lm. does not fit init .* .vit., which "
+                                          r"trains image tasks"):
         finetune(dict(FT, init=init, task="lm:rt"), tmp_path / "o")
     with pytest.raises(ConfigError, match="ViT pretraining runs on 'mnist'"):
         vision.default_pretrain_spec(task="digits")
@@ -130,8 +130,8 @@ def test_finetune_spec_errors(env, tmp_path):
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"kind": "gpt", "config": {}}))
     (gpt / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match="task: 'mnist-rot' .image. does not fit init .* "
-                                          ".gpt., which trains lm tasks"):
+    with pytest.raises(ConfigError, match=r"task: 'mnist-rot' .image. does not fit init .* "
+                                          r".gpt., which trains lm tasks"):
         finetune(dict(FT, init=str(gpt)), tmp_path / "o")
     assert not (tmp_path / "o").exists()
     spec = spec_from_options(init=init)  # the ViT family's defaults

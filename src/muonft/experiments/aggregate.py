@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from muonft.experiments.spec import RunSpec, SweepSpec, cell_key, lr_grid_for
+from muonft.experiments.sweep_spec import SweepSpec, lr_grid_for
+from muonft.spec import RunSpec, cell_key
 from muonft.store import Store
 
 # Spec fields shown to describe a cell (when they vary).

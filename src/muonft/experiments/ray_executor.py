@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from muonft.errors import ConfigError
-from muonft.experiments.spec import RunSpec
+from muonft.spec import RunSpec
 
 _REMOTE: Any = None
 

@@ -465,8 +465,8 @@ def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
     return where the report is. Every stage resumes: a second call reuses the cached data
     and checkpoints, skips finished runs and rewrites the report."""
     from muonft.data import corpus_path, fetch, get_tokenizer, load_lm_splits
-    from muonft.experiments.spec import parse_sweep_spec
     from muonft.experiments.sweep import default_workers_threads, run_sweep
+    from muonft.experiments.sweep_spec import parse_sweep_spec
     from muonft.report.study import write_report
 
     p = preset if isinstance(preset, Preset) else get_preset(preset)

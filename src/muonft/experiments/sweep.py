@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from muonft.experiments.runners import load_runner, register_runner, runner_path
-from muonft.experiments.spec import RunSpec, SweepSpec, expand, run_id
+from muonft.experiments.sweep_spec import SweepSpec, expand
+from muonft.spec import RunSpec, run_id
 from muonft.store import Store
 
 __all__ = ["SweepSummary", "register_runner", "run_sweep"]

@@ -23,6 +23,7 @@ FSDP2; rank 0 writes, other ranks return ``{"spec", "status", "metrics": {}, "ra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import json
@@ -290,10 +291,8 @@ def versions() -> dict[str, str]:
     """The versions a record was made with (muonft, torch, transformers when installed)."""
     out = {"muonft": __version__, "torch": torch.__version__,
            "python": platform.python_version()}
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         out["transformers"] = importlib.metadata.version("transformers")
-    except importlib.metadata.PackageNotFoundError:
-        pass
     return out
 
 

@@ -252,8 +252,8 @@ def train(
 
     Each step: lr = initial_lr × :func:`lr_multiplier`; loss = ``loss_fn(model,
     get_batch(step))``; divergence check; backward; clip the global grad norm to
-    ``grad_clip``; ``optimizer.step()``; ``on_step(step_done, loss)`` (a mapping it returns is recorded as
-    curves at that step); every ``eval_every``
+    ``grad_clip``; ``optimizer.step()``; ``on_step(step_done, loss)`` (a mapping it returns is
+    recorded as curves at that step); every ``eval_every``
     steps ``eval_fn(model)`` (under ``no_grad`` and ``eval()``) then ``on_eval(step, metrics)``;
     every ``checkpoint_every`` steps an atomic checkpoint (weights, optimizer, RNG, schedule,
     ``spec``, curves). A non-finite loss or grad norm, or a loss above ``diverge_factor`` × the

@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 
 from muonft.errors import ConfigError
-from muonft.experiments.spec import (
-    RunSpec,
-    cell_key,
-    expand,
-    load_sweep_spec,
-    normalise,
-    parse_sweep_spec,
-    run_id,
-)
+from muonft.experiments.sweep_spec import expand, load_sweep_spec, parse_sweep_spec
+from muonft.spec import RunSpec, cell_key, normalise, run_id
 
 
 def test_run_id_is_stable_and_fills_defaults():
