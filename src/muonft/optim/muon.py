@@ -311,6 +311,18 @@ class Muon(torch.optim.Optimizer):
             state stay sharded; scale rules use the full shape. ``distributed=False`` then
             makes every rank orthogonalize every matrix. The constrained variants
             (``update_rank``, ``lora_muon="joint"``, ``max_drift``) need unsharded weights.
+
+    The ``torch.optim.Optimizer`` contract holds (``state_dict``/``load_state_dict``,
+    ``add_param_group`` with the constructor's defaults, ``zero_grad``, closures, hooks,
+    ``deepcopy``/pickle/``torch.save`` round trips that step bit-identically, a 1-element
+    Tensor ``lr``; tests/optim/test_torch_contract.py). Deliberate differences from
+    ``torch.optim.Muon``: ≥3-D parameters are accepted and flattened to (out, rest) instead
+    of rejected; complex parameters fail at construction (with an error that is both a
+    ValueError and torch's RuntimeError), not at the first step; ``orthogonalizer`` names a
+    method instead of ``ns_coefficients``/``eps``; ``scale`` replaces ``adjust_lr_fn``
+    (``"spectral"`` = torch's ``"original"``); momentum must be < 1; the defaults differ
+    (lr 0.02, weight_decay 0, Polar Express, ``match_adamw_rms``); non-matrix parameters
+    may live in ``use_muon=False`` AdamW groups of the same optimizer.
     """
 
     def __init__(
