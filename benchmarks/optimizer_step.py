@@ -185,8 +185,9 @@ def main() -> None:
                   f"{s / 2**20:>10.2f}")
         print(f"  Muon-group state / AdamW state: {rows[0][2] / s_adam:.2f}")
         for key, c in opts["muonft auto"].auto_choices.items():
-            print(f"  auto {key}: {c['method']} ({c['steps']} steps), mean |σ-1| "
-                  f"{c['error']:.3f} vs NS5 {c['ns5_error']:.3f}")
+            print(f"  auto {key}: {c['method']} ({c['steps']} steps), mean |σ-1| over the real "
+                  f"input and decaying-spectrum probes {c['error']:.3f} vs NS5 "
+                  f"{c['ns5_error']:.3f}")
         if shapes and min(shapes[0]) > 64:
             o, p = ortho_gflops(shapes, repeats, args.spectrum), gemm_gflops(args.d, repeats)
             print(f"  NS5 orthogonalization: {o:.0f} GFLOP/s; plain bf16 GEMM: {p:.0f} GFLOP/s "

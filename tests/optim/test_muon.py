@@ -271,3 +271,21 @@ def test_auto_choices_are_exposed_and_no_less_orthogonal_than_ns5():
     assert len(choices) == 2
     for c in choices.values():
         assert c["error"] <= c["ns5_error"] + 1e-6
+
+
+@pytest.mark.parametrize("orthogonalizer", ["exact", "exact_thin"])
+def test_exact_step_does_not_depend_on_the_gradient_scale(orthogonalizer):
+    # Regression: at gradient scale 1e20 eigh raised mid-step; at 1e-30 the update was zero.
+    G = _grads([(8, 48), (48, 8)], 4)
+    moved = {}
+    for scale in (1e-30, 1.0, 1e20):
+        ps = [torch.zeros_like(g, requires_grad=True) for g in G]
+        opt = Muon(ps, lr=0.1, orthogonalizer=orthogonalizer)
+        for p, g in zip(ps, G):
+            p.grad = g * scale
+        opt.step()
+        moved[scale] = [p.detach().clone() for p in ps]
+    for scale in (1e-30, 1e20):
+        for a, b in zip(moved[scale], moved[1.0]):
+            assert b.abs().max() > 0.01
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

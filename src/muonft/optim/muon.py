@@ -54,6 +54,11 @@ _OWN_DTYPE_STATE = ("lowrank_basis", "drift_anchor_norm", "drift_binds", "drift_
 STACK_CPU_MAX_NUMEL = 512 * 512
 
 
+class UnsupportedParameterError(ValueError, RuntimeError):
+    """A parameter Muon cannot optimize (complex). A ValueError like every other bad argument
+    here, and a RuntimeError, the type torch.optim.Muon raises for the same case."""
+
+
 def register_scale_rule(name: str, rule: ScaleRule) -> None:
     """Register an update-scale rule ``rule(m, n) -> float`` for (out, in)-shaped matrices."""
     if not callable(rule):
@@ -306,6 +311,18 @@ class Muon(torch.optim.Optimizer):
             state stay sharded; scale rules use the full shape. ``distributed=False`` then
             makes every rank orthogonalize every matrix. The constrained variants
             (``update_rank``, ``lora_muon="joint"``, ``max_drift``) need unsharded weights.
+
+    The ``torch.optim.Optimizer`` contract holds (``state_dict``/``load_state_dict``,
+    ``add_param_group`` with the constructor's defaults, ``zero_grad``, closures, hooks,
+    ``deepcopy``/pickle/``torch.save`` round trips that step bit-identically, a 1-element
+    Tensor ``lr``; tests/optim/test_torch_contract.py). Deliberate differences from
+    ``torch.optim.Muon``: ≥3-D parameters are accepted and flattened to (out, rest) instead
+    of rejected; complex parameters fail at construction (with an error that is both a
+    ValueError and torch's RuntimeError), not at the first step; ``orthogonalizer`` names a
+    method instead of ``ns_coefficients``/``eps``; ``scale`` replaces ``adjust_lr_fn``
+    (``"spectral"`` = torch's ``"original"``); momentum must be < 1; the defaults differ
+    (lr 0.02, weight_decay 0, Polar Express, ``match_adamw_rms``); non-matrix parameters
+    may live in ``use_muon=False`` AdamW groups of the same optimizer.
     """
 
     def __init__(
@@ -331,19 +348,19 @@ class Muon(torch.optim.Optimizer):
     ) -> None:
         self.distributed = bool(distributed)
         self.orthogonalized_here = 0
+        self._adamw_lr = adamw_lr
+        self._auto = AutoPolicy()
+        if isinstance(params, Tensor) or params is None:
+            # torch.optim.Optimizer's contract; list(W) would silently split W into its rows.
+            got = torch.typename(params) if params is not None else "None"
+            raise TypeError(f"params must be an iterable of tensors or of param-group dicts, "
+                            f"got {got}; pass [W] for a single tensor")
         params = list(params)
         if not params:
             raise ValueError("Muon got an empty parameter list")
         if not isinstance(params[0], dict):
-            params = [{"params": params, "use_muon": True}]
-        groups = []
-        for g in params:
-            g = dict(g)
-            g["params"] = [g["params"]] if isinstance(g["params"], Tensor) else list(g["params"])
-            g.setdefault("use_muon", True)
-            if not g["use_muon"] and "lr" not in g and adamw_lr is not None:
-                g["lr"] = adamw_lr
-            groups.append(g)
+            params = [{"params": params}]
+        groups = [self._with_muon_defaults(g) for g in params]
         _assign_lora_pairs(groups, list(lora_pairs) if lora_pairs is not None else [])
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, momentum_style=momentum_style,
@@ -351,7 +368,6 @@ class Muon(torch.optim.Optimizer):
             ns_dtype=ns_dtype, scale=scale, betas=adamw_betas, eps=adamw_eps,
             update_rank=update_rank, max_drift=max_drift, lora_muon=lora_muon, lora_pairs=None,
         )
-        self._auto = AutoPolicy()
         super().__init__(groups, defaults)
         joint = [g for g in self.param_groups if g["use_muon"] and g["lora_muon"] == "joint"]
         if joint and not any(g["lora_pairs"] for g in joint):
@@ -360,11 +376,56 @@ class Muon(torch.optim.Optimizer):
                 "lora_pairs=muonft.adapters.lora_pairs(model)"
             )
 
+    def _with_muon_defaults(self, group: Any) -> dict[str, Any]:
+        """A copy of a param-group dict with what only Muon adds to torch's defaults: the
+        ``use_muon`` tag (True) and, for AdamW groups without their own lr, ``adamw_lr``."""
+        if not isinstance(group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(group).__name__}")
+        g = dict(group)
+        if isinstance(g.get("params"), Tensor):
+            g["params"] = [g["params"]]
+        elif "params" in g and not isinstance(g["params"], set):  # torch rejects sets
+            g["params"] = list(g["params"])  # a generator must survive two passes
+        g.setdefault("use_muon", True)
+        if not g["use_muon"] and "lr" not in g and self._adamw_lr is not None:
+            g["lr"] = self._adamw_lr
+        return g
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        group["lora_pairs"] = _index_lora_pairs(group)
-        _validate_group(group)
+        """Add a group (torch's contract), defaults filled as in the constructor; a group that
+        fails validation is not added."""
+        group = self._with_muon_defaults(param_group)
+        before = len(self.param_groups)
+        super().add_param_group(group)
+        try:
+            added = self.param_groups[-1]
+            added["lora_pairs"] = _index_lora_pairs(added)
+            _validate_group(added)
+        except Exception:
+            del self.param_groups[before:]
+            raise
+
+    # torch pickles only defaults/state/param_groups (Optimizer.__getstate__); the attributes
+    # below must travel too, or a deepcopy/torch.load'ed Muon cannot step.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(distributed=self.distributed, orthogonalized_here=self.orthogonalized_here,
+                     _adamw_lr=self._adamw_lr, _auto=self._auto)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # a pickle written before these attributes travelled: their constructor defaults
+        self.__dict__.setdefault("distributed", True)
+        self.__dict__.setdefault("orthogonalized_here", 0)
+        self.__dict__.setdefault("_adamw_lr", None)
+        if "_auto" not in self.__dict__:
+            self._auto = AutoPolicy()
+        # load_state_dict comes through here too: an AdamW step saved as a number (old
+        # checkpoints, hand-edited dicts) must become the tensor torch's adam kernel expects.
+        for st in self.state.values():
+            if "step" in st and not torch.is_tensor(st["step"]):
+                st["step"] = torch.tensor(float(st["step"]))
 
     def constraint_stats(self) -> dict[str, float | int]:
         """What the constraints did so far, over all Muon matrices: ``drift_checks`` (matrix
@@ -496,7 +557,7 @@ class Muon(torch.optim.Optimizer):
                     scales[ia] = scales[ib] = update_scale(group["scale"], shape)
             if low:
                 self._low_rank_updates(group, gi, params, grads, bufs, low, updates)
-        apply_decay_and_update(params, updates, group["lr"], group["weight_decay"], scales)
+        apply_decay_and_update(params, updates, float(group["lr"]), group["weight_decay"], scales)
         if drift is not None and not math.isinf(drift):
             sts = [self.state[p] for p in params]
             for st in sts:
@@ -562,7 +623,7 @@ class Muon(torch.optim.Optimizer):
         else:
             updates = replicated_orthogonalize(directions, params, local)
         scales = [update_scale(group["scale"], tuple(as_matrix(p).shape)) for p in params]
-        apply_decay_and_update([local_shard(p) for p in params], updates, group["lr"],
+        apply_decay_and_update([local_shard(p) for p in params], updates, float(group["lr"]),
                                group["weight_decay"], scales)
 
     def _low_rank_updates(self, group: dict[str, Any], gi: int, params: list[Tensor],
@@ -624,7 +685,8 @@ class Muon(torch.optim.Optimizer):
         _adam_functional(
             params, grads, exp_avgs, exp_avg_sqs, [], steps,
             foreach=True, decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2,
-            lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+            lr=float(group["lr"]), weight_decay=group["weight_decay"], eps=group["eps"],
+            maximize=False,
         )
 
 
@@ -689,7 +751,12 @@ def _index_lora_pairs(group: dict[str, Any]) -> list[tuple[int, int]]:
 def _validate_group(group: dict[str, Any]) -> None:
     """Check one param group's hyper-parameters; raise ValueError naming the bad value."""
     lr = group["lr"]
-    if not isinstance(lr, (int, float)) or not lr >= 0 or math.isinf(lr):
+    if isinstance(lr, Tensor) and (lr.numel() != 1 or lr.is_complex()):
+        raise ValueError(f"a Tensor lr must hold one real number, got shape {tuple(lr.shape)} "
+                         f"and dtype {lr.dtype}")
+    value = float(lr) if isinstance(lr, Tensor) else lr
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or math.isinf(value):
         raise ValueError(f"lr must be a finite number >= 0, got {lr}")
     wd = group["weight_decay"]
     if not wd >= 0:
@@ -700,7 +767,9 @@ def _validate_group(group: dict[str, Any]) -> None:
         raise ValueError(f"max_drift must be None or a number > 0 (inf: no budget), got {rho!r}")
     for p in group["params"]:
         if p.is_complex():
-            raise ValueError(f"Muon does not support complex parameters (got dtype {p.dtype})")
+            raise UnsupportedParameterError(
+                f"Muon does not support complex parameters (got dtype {p.dtype}); optimize "
+                f"torch.view_as_real(p) instead")
         if p.is_sparse:
             raise ValueError("Muon does not support sparse parameters")
     if group["use_muon"]:
