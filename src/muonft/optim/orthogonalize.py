@@ -223,14 +223,23 @@ def _gram_recover(X: Tensor, Y: Tensor, schedule: list[tuple[float, float, float
     return Y
 
 
+# Matrices whose largest |entry| lies in [2^-40, 2^40] have a Gram matrix (≤ 2^80·n) far from
+# fp32's overflow and underflow (2^±126): they are left as they are (numerics unchanged).
+SAFE_EXPONENT = 40
+
+
 def _unit_max_(X: Tensor) -> Tensor:
-    """Scale each matrix in place by a power of two so its largest |entry| lies in [0.5, 1).
+    """Scale in place, by a power of two, each matrix whose largest |entry| lies outside
+    [2^-40, 2^40] so that it lies in [0.5, 1).
 
     The polar factor is scale-invariant but XXᵀ is not: from a raw momentum at scale 1e20 it
     overflows fp32 (``eigh`` fails), at 1e-30 it underflows to zero (a silently zero update).
-    A power of two is exact, so inputs of ordinary scale keep their numerics."""
+    A power of two is exact; matrices of ordinary scale are not touched, because ``eigh`` is not
+    bit-for-bit scale-equivariant and near-floor eigenvalues of rank-deficient momenta (LoRA
+    factors at init) would flip across the floor and change results that were recorded."""
     amax = X.abs().amax(dim=(-2, -1), keepdim=True)
     _, exponent = torch.frexp(amax)
+    exponent = torch.where(exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent))
     # ±125 keeps 2^-e finite in fp32; only subnormal inputs are scaled short of [0.5, 1)
     return X.mul_(torch.exp2(-exponent.clamp(-125, 125).to(X.dtype)))
 
