@@ -263,7 +263,7 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if gpus_per_run < 0:
         raise ValueError(f"gpus_per_run must be >= 0, got {gpus_per_run}")
-    from muonft.experiments.aggregate import existing_extra_lrs, propose_extensions, runs_frame
+    from muonft.analysis.aggregate import existing_extra_lrs, propose_extensions, runs_frame
 
     out = Path(out)
     for s in expand(sweep):  # unknown kind → one-line error before the store is touched

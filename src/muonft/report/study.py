@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from muonft.analysis.aggregate import (
+    best_lr_table,
+    cell_label,
+    lr_table,
+    runs_frame,
+    without_constrained,
+)
+from muonft.analysis.verdicts import (
+    claims_table,
+    constrained_table,
+    mismatch_pairs,
+    pair_gap,
+    scheme_of,
+    toy_claims,
+)
 from muonft.atomic import atomic_savefig, atomic_write_text
+from muonft.report.toy import summary_lines
+from muonft.store import Store
 
 OPT_COLORS = {"adamw": "tab:blue", "muon": "tab:red"}
 PRE_NAMES = {"adamw": "AdamW-pretrained", "muon": "Muon-pretrained"}
@@ -192,26 +212,20 @@ def fig_gaps(best: pd.DataFrame, out: Path) -> Path | str:
     """Muon − AdamW gap (badness of the mismatched minus the matched optimizer at each one's
     best LR, ± 95% CI, paired over common seeds where they match) under full vs LoRA, and
     vs LoRA rank."""
-    from muonft.experiments.verdicts import _bad, _mismatch_pairs, contrast_ci
-
-    def gap(mis: pd.Series, mat: pd.Series) -> tuple[float, float]:
-        est, half, _ = contrast_ci([(_bad(mis), 1.0), (_bad(mat), -1.0)])
-        return est, half
-
     bars = []
     for method in ("full", "lora"):
         sub = best[best.method == method]
         if method == "lora" and len(sub):
             sub = _lora_main(sub)
-        for pre, mis, mat in _mismatch_pairs(sub, method):
-            bars.append((f"{PRE_NAMES.get(pre, pre)}\n{method}", *gap(mis, mat)))
+        for pre, mis, mat in mismatch_pairs(sub, method):
+            bars.append((f"{PRE_NAMES.get(pre, pre)}\n{method}", *pair_gap(mis, mat)))
     lora = best[(best.method == "lora")]
     if "lora.variant" in lora:
         lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
     rank_lines: dict[str, list[tuple[int, float, float]]] = {}
     for r, g in lora.groupby("lora.rank"):
-        for pre, mis, mat in _mismatch_pairs(g, "lora"):
-            rank_lines.setdefault(pre, []).append((int(r), *gap(mis, mat)))
+        for pre, mis, mat in mismatch_pairs(g, "lora"):
+            rank_lines.setdefault(pre, []).append((int(r), *pair_gap(mis, mat)))
     if not bars:
         return "no pair of cells that differ only in the fine-tuning optimizer"
     plt = _plt()
@@ -301,11 +315,9 @@ def fig_constrained_gap(best: pd.DataFrame, ctab: pd.DataFrame, out: Path) -> Pa
     """Muon − AdamW gap vs rank: low-rank Muon full fine-tuning (``update_rank`` r, vs AdamW
     full) next to LoRA (Muon vs AdamW LoRA at rank r), with plain full Muon as a reference
     line; and the gap vs the drift budget ρ (``max_drift``)."""
-    from muonft.experiments.verdicts import _bad, _mismatch_pairs, _num, contrast_ci
-
     if ctab.empty:
         return "no constrained-update runs"
-    low = [(int(_num(s.split("=")[1])), g, h) for s, g, h in
+    low = [(int(float(s.split("=")[1])), g, h) for s, g, h in
            zip(ctab.scheme, ctab.gap, ctab.gap_ci) if "update_rank=" in s]
     drift = [(float(s.split("=")[1]), g, h) for s, g, h in
              zip(ctab.scheme, ctab.gap, ctab.gap_ci) if "max_drift=" in s]
@@ -318,9 +330,8 @@ def fig_constrained_gap(best: pd.DataFrame, ctab: pd.DataFrame, out: Path) -> Pa
         lora = lora[lora["lora_muon"].fillna("independent") != "joint"]
     lora_pts = []
     for r, g in lora.groupby("lora.rank"):
-        for _, mis, mat in _mismatch_pairs(g, "lora"):
-            est, half, _ = contrast_ci([(_bad(mis), 1.0), (_bad(mat), -1.0)])
-            lora_pts.append((int(r), est, half))
+        for _, mis, mat in mismatch_pairs(g, "lora"):
+            lora_pts.append((int(r), *pair_gap(mis, mat)))
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax = axes[0]
@@ -367,8 +378,6 @@ def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.Dat
                              out: Path) -> Path | str:
     """Forgetting vs target improvement over LRs for AdamW full, full Muon, LoRA Muon,
     low-rank Muon and drift-budget Muon (the inits with constrained runs)."""
-    from muonft.experiments.verdicts import scheme_of
-
     need = {"forgetting_mean", "zero_shot_mean"}
     if ctab.empty or lt.empty or not need <= set(lt):
         return "no constrained-update runs with `forgetting` and `zero_shot` recorded"
@@ -406,16 +415,6 @@ def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.Dat
 def write_report(where: str | Path, sweep: str | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNG figures under ``WHERE/report/`` from
     ``WHERE/results.sqlite``; returns the path of report.md."""
-    from muonft.experiments.aggregate import (
-        best_lr_table,
-        cell_label,
-        lr_table,
-        runs_frame,
-        without_constrained,
-    )
-    from muonft.experiments.verdicts import claims_table
-    from muonft.store import Store
-
     where = Path(where)
     with Store(where, create=False) as store:
         if sweep is not None and sweep not in store.sweeps():
@@ -518,8 +517,6 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
 def constrained_section(doc: _Doc, frame: pd.DataFrame, best: pd.DataFrame, lt: pd.DataFrame,
                         out: Path) -> None:
     """The constrained-update Muon section (issue 10), when the store holds such runs."""
-    from muonft.experiments.verdicts import constrained_table
-
     ctab = constrained_table(frame, best)
     if ctab.empty:
         return
@@ -569,12 +566,6 @@ def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
     """``WHERE/report/report.md`` (+ ``.html``) for a study made of parts: per part (name →
     (description, path of its report.md)) a link to its own report and its claims table,
     recomputed from the part's store, and its constrained-update table when it has one."""
-    import os
-
-    from muonft.experiments.aggregate import runs_frame
-    from muonft.experiments.verdicts import claims_table, constrained_table
-    from muonft.store import Store
-
     out = Path(where) / "report"
     out.mkdir(parents=True, exist_ok=True)
     doc = _Doc()
@@ -605,12 +596,6 @@ def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
 def toy_section(doc: _Doc, toy_json: Path, out: Path) -> None:
     """Claim 1 from the toy experiment's ``toy.json`` (when the project has one): computed
     verdicts, the per-optimizer table and its figures (copied next to the report)."""
-    import json
-    import shutil
-
-    from muonft.experiments.toy_bias import summary_lines
-    from muonft.experiments.verdicts import toy_claims
-
     if not toy_json.exists():
         return
     try:

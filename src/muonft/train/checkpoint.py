@@ -29,6 +29,7 @@ into shards — so a run resumes at another world size and under another paralle
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -47,6 +48,21 @@ from muonft.errors import CheckpointError
 
 LATEST = "latest.json"
 SHARDED_LAYOUT = "dcp"
+
+
+def checkpoint_name(stem: str, spec: dict[str, Any], reference: dict[str, Any],
+                    default_steps: int) -> str:
+    """The one naming rule of pretrained checkpoints in the cache:
+    ``<stem>-<optimizer>-s<seed>``, plus ``-<steps>steps`` when ``spec["steps"]`` differs
+    from ``default_steps``, plus the first 6 hex digits of the spec's sha256 when any other
+    setting differs from ``reference`` (the recipe's defaults at the same stem, optimizer,
+    steps and seed)."""
+    name = f"{stem}-{spec['optimizer']}-s{spec['seed']}"
+    if spec["steps"] != default_steps:
+        name += f"-{spec['steps']}steps"
+    if spec != reference:
+        name += "-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
+    return name
 
 
 def save_weights(model_state: dict[str, torch.Tensor], path: Path) -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import stdtrit  # the t quantile; far lighter to import than scipy.stats
 
+from muonft.cache import cache_dir
 from muonft.experiments.spec import RunSpec, SweepSpec, cell_key, lr_grid_for
 from muonft.store import Store
 
@@ -41,6 +43,7 @@ def pretrained_with(init: str) -> str:
         if opt in ("adamw", "muon"):
             return opt
     low = str(init).lower()
+    # lazy: muonft.models imports torch (~2 s), which a store reader (muonft runs) never needs
     from muonft.models.hf import MODEL_SOURCES
 
     if str(init) in MODEL_SOURCES or low.startswith("hf:"):
@@ -54,8 +57,6 @@ def pretrained_with(init: str) -> str:
 
 
 def _cache_checkpoints() -> Path:
-    from muonft.data import cache_dir
-
     return cache_dir() / "checkpoints"
 
 
@@ -155,8 +156,6 @@ def lr_table(frame: pd.DataFrame, metric: str = "target") -> pd.DataFrame:
 def t_ci_halfwidth(values: np.ndarray | list[float], level: float = 0.95) -> float:
     """Half-width of the Student-t confidence interval of a mean: t_{(1+level)/2, n−1}·s/√n
     (NaN for fewer than 2 values)."""
-    from scipy.special import stdtrit  # t quantile; far lighter to import than scipy.stats
-
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) < 2:
