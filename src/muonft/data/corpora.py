@@ -21,17 +21,21 @@ atomically: a failed or tampered fetch never replaces a good cached file.
 from __future__ import annotations
 
 import bz2
+import gzip
 import io
 import json
 import os
 import subprocess
 import tarfile
 import tempfile
+import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from muonft import cache
 from muonft.atomic import atomic_write, atomic_write_text, sha256_file
@@ -243,10 +247,6 @@ def parse_r_lazyload(rdb: bytes, rdx: bytes) -> dict[str, list[str]]:
     (offset, length) in the .rdb; each blob there is a 4-byte length plus zlib data of one
     serialized object. Parsed with PyPI ``rdata`` (the ``austen`` extra).
     """
-    import gzip
-    import warnings
-    import zlib
-
     try:
         import rdata
     except ImportError:
@@ -330,8 +330,6 @@ def _kjv_documents() -> list[Document]:
 
 def load_rt_snippets() -> list[dict]:
     """All fresh/rotten snippets: dicts with ``text``, ``label`` (1 fresh, 0 rotten), ``movie``."""
-    import pandas as pd
-
     raw = bz2.decompress(_verified_path("rt").read_bytes())
     df = pd.read_csv(io.BytesIO(raw))
     df = df[df["category"].isin(["fresh", "rotten"])]

@@ -27,14 +27,27 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from muonft.experiments.runners import load_runner, register_runner, runner_path
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from muonft.analysis.aggregate import existing_extra_lrs, propose_extensions, runs_frame
+from muonft.experiments.ray_executor import RayPool
+from muonft.experiments.run import call_runner, spec_label
+from muonft.experiments.runners import register_runner, runner_path
 from muonft.experiments.spec import RunSpec, SweepSpec, expand, run_id
 from muonft.store import Store
 
@@ -96,12 +109,6 @@ def default_workers_threads(workers: int | None, threads: int | None) -> tuple[i
     return w, t
 
 
-def spec_label(spec: RunSpec) -> str:
-    """A short human label of a run: pretrained init, optimizer, method, lr, seed."""
-    extra = f" r{spec.lora.rank}" if spec.method == "lora" else ""
-    return f"{spec.init} {spec.optimizer} {spec.method}{extra} lr={spec.lr:.3g} s{spec.seed}"
-
-
 # ---------------------------------------------------------------------------------------------
 # One run (shared by worker processes and the inline executor)
 
@@ -119,28 +126,6 @@ def execute_run(store: Store, rid: str, spec_json: str, path: str, run_dir: str,
     result["run_id"] = rid
     ok = store.record_result(result, run_id=rid, token=token)
     return (result["status"] if ok else "lost"), run_s
-
-
-def call_runner(spec_json: str, path: str, run_dir: str, *, threads: int | None = None
-                ) -> tuple[dict[str, Any], float]:
-    """Run the runner at import ``path`` on a RunSpec (JSON) in ``run_dir``; returns (result
-    record, seconds). Never raises: a crash becomes ``status: failed`` with its traceback."""
-    t0 = time.perf_counter()
-    try:
-        spec = RunSpec.model_validate_json(spec_json)
-        runner = load_runner(path)
-        n = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(n)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        result = dict(runner(spec, Path(run_dir)))
-        if result.get("status") not in ("done", "diverged", "failed"):
-            raise ValueError(f"runner {path} returned status {result.get('status')!r}; "
-                             f"expected done, diverged or failed")
-    except Exception as e:  # a crashing run is recorded, the sweep goes on
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc()}
-    return result, time.perf_counter() - t0
 
 
 def _die_with_parent() -> None:
@@ -199,17 +184,6 @@ class _Display:
         self.active: dict[str, Any] = {}
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), console=Console(stderr=True),
@@ -263,8 +237,6 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if gpus_per_run < 0:
         raise ValueError(f"gpus_per_run must be >= 0, got {gpus_per_run}")
-    from muonft.analysis.aggregate import existing_extra_lrs, propose_extensions, runs_frame
-
     out = Path(out)
     for s in expand(sweep):  # unknown kind → one-line error before the store is touched
         runner_path(s.kind)
@@ -309,8 +281,6 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
             if todo:
                 if executor == "ray":
                     if pool is None:
-                        from muonft.experiments.ray_executor import RayPool
-
                         pool = RayPool(token, t, address=address, size=workers or None,
                                        gpus_per_run=gpus_per_run)
                         summary.workers = pool.size

@@ -35,6 +35,11 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
+import torch
+from scipy.optimize import linprog
+from scipy.sparse import bmat, csr_matrix, identity, kron
+
+from muonft.optim import orthogonalize
 
 OPTIMIZERS = ("gd", "signgd", "adam", "muon", "muon_ns5")
 ADAM_BETAS = (0.9, 0.95)
@@ -111,9 +116,6 @@ def min_max_norm_lp(p: Problem) -> np.ndarray:
 
     Returns the vertex HiGHS finds; the minimizer is generally not unique.
     """
-    from scipy.optimize import linprog
-    from scipy.sparse import bmat, csr_matrix, identity, kron
-
     n, d, k = p.shape
     N = d * k  # W flattened row-major: w[i*k + j] = W[i, j]
     A_eq = kron(csr_matrix(p.X), identity(k))  # (XW)[a, j] = sum_i X[a,i] W[i,j]
@@ -225,10 +227,6 @@ def polar(G: np.ndarray) -> np.ndarray:
 
 
 def _ns5(G: np.ndarray) -> np.ndarray:
-    import torch
-
-    from muonft.optim import orthogonalize
-
     out = orthogonalize(torch.from_numpy(G), method="ns5", dtype=torch.float32)
     return out.to(torch.float64).numpy()
 
@@ -428,7 +426,6 @@ def _lowrank_shift(p: Problem, W0: np.ndarray, seed: int) -> Problem:
 @contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """NS5 on a 40×10 matrix is dominated by thread start-up; run it single-threaded."""
-    import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

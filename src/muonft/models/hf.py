@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+
 from muonft import cache
 from muonft.atomic import sha256_file
 from muonft.errors import ChecksumError, ConfigError, DataMissingError, MuonftError
@@ -221,11 +224,9 @@ def _dequantize_gguf(directory: Path, gguf_name: str) -> None:
     except ImportError:
         raise MuonftError("dequantizing a GGUF model needs the `gguf` package: pip install "
                           "'muonft[gguf]'") from None
-    import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_name,
                                                      dtype=torch.float32, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_name,
@@ -240,7 +241,7 @@ def _dequantize_gguf(directory: Path, gguf_name: str) -> None:
     tok.save_pretrained(directory)
 
 
-class _quiet_transformers:
+class quiet_transformers:
     """Silence transformers' info/warning logs and progress bars (e.g. "newly initialized
     classifier") for the duration of a load; the caller reports what matters."""
 
@@ -301,7 +302,6 @@ def load_hf(init: str, head: str | None = None, *, num_labels: int | None = None
     fp32 unless ``dtype`` is given. The tokenizer is ``None`` when the directory has none. A
     causal LM used for classification gets its pad token set to EOS.
     """
-    import torch
     from transformers import AutoTokenizer
 
     ref, local_only = resolve_source(init)
@@ -312,7 +312,7 @@ def load_hf(init: str, head: str | None = None, *, num_labels: int | None = None
     if head == "seq-cls" and num_labels is not None:
         kwargs["num_labels"] = num_labels
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = cls.from_pretrained(ref, **kwargs)
             try:
                 tok = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)

@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from muonft.errors import CheckpointError
 from muonft.train.checkpoint import open_checkpoint, save_checkpoint, save_sharded_checkpoint
-from muonft.train.distributed import is_main, is_sharded_model, mean_across_ranks
+from muonft.train.ranks import is_main, is_sharded_model, mean_across_ranks
 
 SCHEDULES = ("constant", "cosine", "linear", "warmdown")
 # The TrainConfig fields that decide the LR at every step: a resumed run must agree on them.
@@ -156,17 +165,7 @@ def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return out[1] if isinstance(out, tuple) else out.loss
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+def _progress(enabled: bool) -> Progress:
     # stderr, so that a command's stdout holds only its result lines.
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
