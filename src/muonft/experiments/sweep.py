@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
-import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -449,9 +447,3 @@ class _Pool:
         for c in self.conns:
             c.close()
 
-
-def summary_json(s: SweepSummary) -> str:
-    d = {k: v for k, v in s.__dict__.items()}
-    d["overhead"] = s.overhead
-    return json.dumps(d, default=lambda x: None if isinstance(x, float) and math.isnan(x)
-                      else str(x))

@@ -259,7 +259,7 @@ def train(
     may raise to stop the run (that is how the tests simulate a kill).
 
     Returns ``{"status": "done"|"diverged", "steps", "train_loss", "initial_loss", "final"
-    (last eval metrics), "eval" (same), "best" ({"step", metrics…} of the best
+    (last eval metrics), "best" ({"step", metrics…} of the best
     ``best_metric``), "curves" ({name: [[step, value], …]}), "timings"}``.
     """
     if cfg.threads:
@@ -343,7 +343,6 @@ def _result(status: str, rs: RunState, steps_run: int, wall: float) -> dict[str,
         "train_loss": train_curve[-1][1] if train_curve else None,
         "initial_loss": rs.first_loss,
         "final": dict(rs.last_eval),
-        "eval": dict(rs.last_eval),
         "best": dict(rs.best),
         "curves": rs.curves,
         "timings": {"wall_s": wall, "train_s": rs.train_seconds, "eval_s": rs.eval_seconds,
