@@ -38,6 +38,7 @@ from muonft.analysis.verdicts import (
     toy_claims,
 )
 from muonft.atomic import atomic_savefig, atomic_write_text
+from muonft.report.plots import pyplot
 from muonft.report.toy import summary_lines
 from muonft.store import Store
 
@@ -122,15 +123,6 @@ def _md_table(df: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------
 # Figures (each returns the PNG path, or a sentence saying what is missing)
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _panels(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     pres = [p for p in ("adamw", "muon") if p in set(frame.pretrained)]
     pres += sorted(set(frame.pretrained) - set(pres))
@@ -157,7 +149,7 @@ def fig_metric_vs_x(frame: pd.DataFrame, lt: pd.DataFrame, out: Path, name: str,
     ``y`` (± std for the target) vs ``x``; LRs where a run diverged are marked ×."""
     if lt.empty or (y != "mean" and y not in lt):
         return f"no runs with `{ylabel}` recorded"
-    plt = _plt()
+    plt = pyplot()
     cells = frame.drop_duplicates("cell").set_index("cell")
     lt = lt.join(cells[["pretrained", "method", "optimizer"]], on="cell")
     pres, methods = _panels(frame)
@@ -228,7 +220,7 @@ def fig_gaps(best: pd.DataFrame, out: Path) -> Path | str:
             rank_lines.setdefault(pre, []).append((int(r), *pair_gap(mis, mat)))
     if not bars:
         return "no pair of cells that differ only in the fine-tuning optimizer"
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = np.arange(len(bars))
     axes[0].bar(xs, [b[1] for b in bars], yerr=[0 if math.isnan(b[2]) else b[2] for b in bars],
@@ -289,7 +281,7 @@ def fig_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, ou
     d = d[d.group != "overall"]
     if d.empty:
         return "no update diagnostics at the best LRs"
-    plt = _plt()
+    plt = pyplot()
     methods = [m for m in ("full", "lora") if m in set(d.method)]
     fig, axes = plt.subplots(len(methods), 2, squeeze=False, figsize=(10, 3.2 * len(methods)))
     for i, method in enumerate(methods):
@@ -332,7 +324,7 @@ def fig_constrained_gap(best: pd.DataFrame, ctab: pd.DataFrame, out: Path) -> Pa
     for r, g in lora.groupby("lora.rank"):
         for _, mis, mat in mismatch_pairs(g, "lora"):
             lora_pts.append((int(r), *pair_gap(mis, mat)))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax = axes[0]
     for pts, label, color in ((sorted(low), "low-rank Muon (update_rank r) − AdamW full",
@@ -386,7 +378,7 @@ def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.Dat
     if "lora.variant" in cells:
         cells = cells[(cells.method == "full") |
                       (cells["lora.variant"].fillna("lora") == "lora")]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     cmap = plt.get_cmap("tab10")
     for k, (cell, row) in enumerate(cells.iterrows()):

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from muonft.atomic import atomic_savefig
+from muonft.report.plots import pyplot
 
 
 def _grouped_bars(ax, names: list[str], series: dict[str, list[float]], ylabel: str,
@@ -27,6 +23,7 @@ def _grouped_bars(ax, names: list[str], series: dict[str, list[float]], ylabel: 
 
 def plot_distances(result: dict, path: Path) -> None:
     """Per optimizer: norm gaps, distances to the optimal sets, distances to the canonical refs."""
+    plt = pyplot()
     opt = result["optimizers"]
     names = list(opt)
 
@@ -50,6 +47,7 @@ def plot_distances(result: dict, path: Path) -> None:
 
 def plot_trajectories(traces: dict, refs: dict, path: Path) -> None:
     """Max-norm and spectral norm of W over the steps, with the two minimum norms as lines."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, tr in traces.items():
         if not tr.history.get("step"):
@@ -70,6 +68,7 @@ def plot_trajectories(traces: dict, refs: dict, path: Path) -> None:
 
 def plot_lora(result: dict, path: Path) -> None:
     """Relative distance between the Adam- and Muon-trained updates vs LoRA rank (and full)."""
+    plt = pyplot()
     ranks = result["lora"]["ranks"]
     d = [result["lora"]["by_rank"][str(r)]["adam_vs_muon_dist"] for r in ranks]
     fig, ax = plt.subplots(figsize=(5, 3.6))
