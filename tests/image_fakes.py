@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 
-from muonft.data import corpora
+from muonft import cache
 from muonft.data import images as images_mod
 from muonft.data.corpora import Source
 
@@ -41,7 +41,7 @@ def fake_sources(monkeypatch, n_mnist: int = 200, n_digits: int = 100) -> dict:
               "digits": csv_gz(*synthetic_digits(n_digits, 8, 16, 1)), "calls": 0}
     for name, src in list(images_mod.IMAGE_SOURCES.items()):
         fake = Source(name, src.package, src.version, False, src.member, src.filename,
-                      corpora.sha256_bytes(served[name]), "fake")
+                      cache.sha256_bytes(served[name]), "fake")
         monkeypatch.setitem(images_mod.IMAGE_SOURCES, name, fake)
     members = {src.package: (name, src.member)
                for name, src in images_mod.IMAGE_SOURCES.items()}
@@ -54,7 +54,7 @@ def fake_sources(monkeypatch, n_mnist: int = 200, n_digits: int = 100) -> dict:
             z.writestr(member, served[name])
         return path
 
-    monkeypatch.setattr(corpora, "download_package", fake_download)
+    monkeypatch.setattr(cache, "download_package", fake_download)
     return served
 
 

@@ -276,8 +276,8 @@ def toy(
     from rich.console import Console
 
     from muonft.atomic import atomic_write_json
-    from muonft.experiments.toy_bias import aggregate, check_sizes, run_toy, summary_lines
-    from muonft.report.toy import write_toy_outputs
+    from muonft.experiments.toy_bias import check_sizes, run_toy, toy_document
+    from muonft.report.toy import summary_lines, write_toy_outputs
 
     check_sizes(n, d, k)
     if seeds < 1:
@@ -293,10 +293,7 @@ def toy(
         results.append(res)
         if s == seed:
             figs = write_toy_outputs(res, traces, out)
-    doc = dict(results[0])
-    if seeds > 1:
-        doc["seeds"] = results
-        doc["aggregate"] = aggregate(results)
+    doc = toy_document(results)
     path = atomic_write_json(out / "toy.json", doc)
     for line in summary_lines(doc):
         console.print(line, highlight=False)
@@ -353,7 +350,7 @@ def runs(
     status: str = typer.Option(None, help="Only runs with this status."),
 ) -> None:
     """List the runs in a results store (id, status, optimizer, method, lr, seed, target)."""
-    from muonft.experiments.aggregate import runs_frame
+    from muonft.analysis.aggregate import runs_frame
     from muonft.store import STATUSES, Store
 
     if status is not None and status not in STATUSES:
@@ -367,7 +364,7 @@ def runs(
     print(df[cols].to_string(index=False) if len(df) else "no runs")
 
 
-# --- experiments.reproduce -------------------------------------------------------------------
+# --- reproduce -------------------------------------------------------------------------------
 @app.command()
 def reproduce(
     preset: str = typer.Option("quick", help="quick (demo, ≤ 10 min on 2 cores), cpu "
@@ -383,8 +380,8 @@ def reproduce(
     """The whole study in one command: data, pretraining, sweeps, toy, report."""
     import time
 
-    from muonft.experiments.reproduce import get_preset
-    from muonft.experiments.reproduce import reproduce as run_reproduce
+    from muonft.experiments.presets import get_preset
+    from muonft.reproduce import reproduce as run_reproduce
 
     get_preset(preset)
     if workers is not None and workers < 0:

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 STATUSES = ("queued", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged")
 DIAG_KINDS = ("weight", "update", "lora_A", "lora_B", "lora_BA")
@@ -198,10 +200,8 @@ class Store:
         cur.row_factory = sqlite3.Row
         return cur.execute(sql, tuple(params)).fetchall()
 
-    def frame(self, sql: str, params: Iterable[Any] = ()):
+    def frame(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
         """A pandas DataFrame of a read-only query."""
-        import pandas as pd
-
         return pd.read_sql_query(sql, self._db, params=tuple(params))
 
     # -- queue and claims ----------------------------------------------------------------------

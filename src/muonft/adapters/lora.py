@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from muonft.diagnostics.groups import layer_group
 from muonft.errors import ConfigError
+from muonft.models.naming import layer_group
 
 VARIANTS = ("lora", "rslora", "pissa", "dora", "olora", "lora_one")
 ADAPTED_GROUPS = ("attn_q", "attn_k", "attn_v", "attn_o", "attn_qkv", "mlp_in", "mlp_out")

@@ -8,11 +8,11 @@ x, y = LMBatcher(splits.train, block_size=128, batch_size=16, seed=0).get(step)
 ```
 """
 
+from muonft.cache import cache_dir
 from muonft.data.corpora import (
     DEFAULT_FETCH,
     SOURCES,
     SPLITS,
-    cache_dir,
     corpus_path,
     documents,
     fetch,

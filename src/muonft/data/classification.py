@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from muonft.data.corpora import load_rt_classification
 from muonft.errors import ConfigError, DataMissingError
 
 PAD = -1
@@ -56,8 +57,6 @@ def load_task_split(task: str, split: str) -> tuple[list[str | tuple[str, str]],
     if split not in _GLUE_SPLIT:
         raise ValueError(f"split must be one of {tuple(_GLUE_SPLIT)}, got {split!r}")
     if task == "rt-sentiment":
-        from muonft.data import load_rt_classification
-
         return load_rt_classification(split)
     if task.startswith("glue-tsv:"):
         try:

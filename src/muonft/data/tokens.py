@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from muonft.atomic import atomic_write, atomic_write_text
 from muonft.data.corpora import cache_dir, corpus_cache_key, split_documents
@@ -51,9 +53,6 @@ class Tokenizer:
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -67,8 +66,6 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
 
 def get_tokenizer(vocab_size: int = 4096, corpus: str = "kjv") -> Tokenizer:
     """The byte-level BPE trained on ``corpus``'s train split (cached; deterministic)."""
-    from tokenizers import Tokenizer as HFTokenizer
-
     if not 260 <= vocab_size <= 65535:
         raise ValueError(f"vocab_size must be in [260, 65535], got {vocab_size}")
     path = (cache_dir() / "tokenizers" /

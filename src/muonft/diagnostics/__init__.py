@@ -7,7 +7,6 @@ upd = weight_diagnostics(now, init, update=True)   # spectra of ΔW = W − W₀
 ```
 """
 
-from muonft.diagnostics.groups import GROUPS, layer_group, module_path
 from muonft.diagnostics.lora import lora_diagnostics
 from muonft.diagnostics.spectral import (
     DRIFT_KEYS,
@@ -21,6 +20,7 @@ from muonft.diagnostics.spectral import (
     weight_diagnostics,
 )
 from muonft.diagnostics.update_rms import UpdateRMSTracker
+from muonft.models.naming import GROUPS, layer_group, module_path
 
 __all__ = [
     "DRIFT_KEYS",

@@ -7,6 +7,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from muonft.adapters import lora_factors
 from muonft.diagnostics.spectral import (
     batched_spectral_metrics,
     group_names,
@@ -49,8 +50,6 @@ def lora_diagnostics(model: nn.Module, adapter: str = "default",
     learned magnitude is not included). Its spectrum comes from an r×r core, not an out×in SVD.
     SVDs run with ``threads`` CPU threads (see :func:`muonft.diagnostics.spectral.torch_threads`).
     """
-    from muonft.adapters import lora_factors
-
     factors = lora_factors(model, adapter)
     if not factors:
         raise ValueError(f"model has no LoRA adapter named {adapter!r}; apply_lora first")

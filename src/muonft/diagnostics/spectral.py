@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from muonft.diagnostics.groups import layer_group
+from muonft.models.naming import layer_group
 
 SPECTRAL_KEYS = ("stable_rank", "spectral_entropy", "spectral_norm", "max_norm")
 DRIFT_KEYS = ("l2_drift", "cosine_to_init")

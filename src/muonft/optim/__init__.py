@@ -7,15 +7,13 @@ opt = Muon(muon_param_groups(model), lr=0.02)
 """
 
 from muonft.optim.muon import SCALE_RULES, Muon, register_scale_rule, update_scale
-from muonft.optim.orthogonalize import METHODS, orthogonality_error, orthogonalize
+from muonft.optim.orthogonalize import ORTHOGONALIZERS, orthogonality_error, orthogonalize
 from muonft.optim.partition import Partition, PartitionRow, muon_param_groups, partition_parameters
-from muonft.optim.scale import LORA_BALANCED, lora_balanced_scale, register_lora_scale_rule
-
-register_lora_scale_rule()
+from muonft.optim.scale import LORA_BALANCED, lora_balanced_scale
 
 __all__ = [
     "LORA_BALANCED",
-    "METHODS",
+    "ORTHOGONALIZERS",
     "SCALE_RULES",
     "Muon",
     "Partition",

@@ -34,8 +34,17 @@ from muonft.optim.constrained import (
     project_to_drift_ball,
     work_dtype,
 )
-from muonft.optim.distributed import is_sharded, local_shard
-from muonft.optim.orthogonalize import METHODS, AutoPolicy, orthogonalize_raw
+from muonft.optim.distributed import (
+    distributed_orthogonalize,
+    is_sharded,
+    local_shard,
+    replicated_orthogonalize,
+    shard_group,
+    sharded_orthogonalize,
+    world,
+)
+from muonft.optim.orthogonalize import ORTHOGONALIZERS, AutoPolicy, orthogonalize_raw
+from muonft.optim.scale import LORA_BALANCED, lora_balanced_scale
 
 ScaleRule = Callable[[int, int], float]
 
@@ -45,6 +54,8 @@ SCALE_RULES: dict[str, ScaleRule] = {
     # Moonshot's rule: the update's RMS matches AdamW's typical 0.2, so one lr serves both.
     "match_adamw_rms": lambda m, n: 0.2 * math.sqrt(max(m, n)),
     "none": lambda m, n: 1.0,
+    # Equal update RMS 1/√r for both LoRA factors A (r×d) and B (d×r) (muonft.optim.scale).
+    LORA_BALANCED: lora_balanced_scale,
 }
 
 MOMENTUM_STYLES = ("ema", "sum")
@@ -572,11 +583,8 @@ class Muon(torch.optim.Optimizer):
             self.orthogonalized_here += len(ds)
             return orthogonalize_batched(ds, *ortho)
 
-        if self.distributed:
-            from muonft.optim.distributed import distributed_orthogonalize, world
-
-            if world()[1] > 1:
-                return distributed_orthogonalize(directions, local)
+        if self.distributed and world()[1] > 1:
+            return distributed_orthogonalize(directions, local)
         return local(directions)
 
     def _sharded_muon_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
@@ -587,12 +595,6 @@ class Muon(torch.optim.Optimizer):
         (:func:`muonft.optim.distributed.sharded_orthogonalize`; with ``distributed=False``
         every rank gathers and orthogonalizes every matrix), and the scale rule sees the full
         shape."""
-        from muonft.optim.distributed import (
-            replicated_orthogonalize,
-            shard_group,
-            sharded_orthogonalize,
-        )
-
         rank, drift = group["update_rank"], group["max_drift"]
         if not all(is_sharded(p) for p in params):
             raise ValueError("a Muon group mixes sharded (DTensor) and plain parameters; "
@@ -780,10 +782,10 @@ def _validate_group(group: dict[str, Any]) -> None:
             raise ValueError(
                 f"momentum_style must be one of {MOMENTUM_STYLES}, got {group['momentum_style']!r}"
             )
-        if group["orthogonalizer"] not in METHODS:
+        if group["orthogonalizer"] not in ORTHOGONALIZERS:
             raise ValueError(
                 f"unknown orthogonalizer {group['orthogonalizer']!r}; choose one of "
-                f"{', '.join(METHODS)}"
+                f"{', '.join(ORTHOGONALIZERS)}"
             )
         if group["scale"] not in SCALE_RULES:
             raise ValueError(

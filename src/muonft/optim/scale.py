@@ -15,8 +15,8 @@ B (d_out×r) with r ≪ d:
 
 (``match_adamw_rms`` = 0.2·√max(m, n) also equalises the factors, at RMS 0.2 for every shape;
 ``lora_balanced`` is the spectral-family rule whose update size grows as the rank shrinks,
-like rsLoRA's α/√r.) Registered in :data:`muonft.optim.SCALE_RULES` as ``"lora_balanced"``
-when :mod:`muonft.optim` is imported, so ``Muon(scale="lora_balanced")`` needs no adapter code.
+like rsLoRA's α/√r.) One of Muon's built-in rules in :data:`muonft.optim.SCALE_RULES`, so
+``Muon(scale="lora_balanced")`` needs no adapter code.
 """
 
 from __future__ import annotations
@@ -33,10 +33,3 @@ def lora_balanced_scale(m: int, n: int) -> float:
         raise ValueError(f"matrix shape must be positive, got ({m}, {n})")
     return math.sqrt(max(m, n) / min(m, n))
 
-
-def register_lora_scale_rule() -> None:
-    """Add ``lora_balanced`` to Muon's named scale rules (idempotent; :mod:`muonft.optim` does
-    it on import)."""
-    from muonft.optim.muon import register_scale_rule
-
-    register_scale_rule(LORA_BALANCED, lora_balanced_scale)

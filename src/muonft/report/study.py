@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from muonft.analysis.aggregate import (
+    best_lr_table,
+    cell_label,
+    lr_table,
+    runs_frame,
+    without_constrained,
+)
+from muonft.analysis.verdicts import (
+    claims_table,
+    constrained_table,
+    mismatch_pairs,
+    pair_gap,
+    scheme_of,
+    toy_claims,
+)
 from muonft.atomic import atomic_savefig, atomic_write_text
+from muonft.report.plots import pyplot
+from muonft.report.toy import summary_lines
+from muonft.store import Store
 
 OPT_COLORS = {"adamw": "tab:blue", "muon": "tab:red"}
 PRE_NAMES = {"adamw": "AdamW-pretrained", "muon": "Muon-pretrained"}
@@ -102,15 +123,6 @@ def _md_table(df: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------
 # Figures (each returns the PNG path, or a sentence saying what is missing)
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _panels(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     pres = [p for p in ("adamw", "muon") if p in set(frame.pretrained)]
     pres += sorted(set(frame.pretrained) - set(pres))
@@ -137,7 +149,7 @@ def fig_metric_vs_x(frame: pd.DataFrame, lt: pd.DataFrame, out: Path, name: str,
     ``y`` (± std for the target) vs ``x``; LRs where a run diverged are marked ×."""
     if lt.empty or (y != "mean" and y not in lt):
         return f"no runs with `{ylabel}` recorded"
-    plt = _plt()
+    plt = pyplot()
     cells = frame.drop_duplicates("cell").set_index("cell")
     lt = lt.join(cells[["pretrained", "method", "optimizer"]], on="cell")
     pres, methods = _panels(frame)
@@ -192,29 +204,23 @@ def fig_gaps(best: pd.DataFrame, out: Path) -> Path | str:
     """Muon − AdamW gap (badness of the mismatched minus the matched optimizer at each one's
     best LR, ± 95% CI, paired over common seeds where they match) under full vs LoRA, and
     vs LoRA rank."""
-    from muonft.experiments.verdicts import _bad, _mismatch_pairs, contrast_ci
-
-    def gap(mis: pd.Series, mat: pd.Series) -> tuple[float, float]:
-        est, half, _ = contrast_ci([(_bad(mis), 1.0), (_bad(mat), -1.0)])
-        return est, half
-
     bars = []
     for method in ("full", "lora"):
         sub = best[best.method == method]
         if method == "lora" and len(sub):
             sub = _lora_main(sub)
-        for pre, mis, mat in _mismatch_pairs(sub, method):
-            bars.append((f"{PRE_NAMES.get(pre, pre)}\n{method}", *gap(mis, mat)))
+        for pre, mis, mat in mismatch_pairs(sub, method):
+            bars.append((f"{PRE_NAMES.get(pre, pre)}\n{method}", *pair_gap(mis, mat)))
     lora = best[(best.method == "lora")]
     if "lora.variant" in lora:
         lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
     rank_lines: dict[str, list[tuple[int, float, float]]] = {}
     for r, g in lora.groupby("lora.rank"):
-        for pre, mis, mat in _mismatch_pairs(g, "lora"):
-            rank_lines.setdefault(pre, []).append((int(r), *gap(mis, mat)))
+        for pre, mis, mat in mismatch_pairs(g, "lora"):
+            rank_lines.setdefault(pre, []).append((int(r), *pair_gap(mis, mat)))
     if not bars:
         return "no pair of cells that differ only in the fine-tuning optimizer"
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = np.arange(len(bars))
     axes[0].bar(xs, [b[1] for b in bars], yerr=[0 if math.isnan(b[2]) else b[2] for b in bars],
@@ -275,7 +281,7 @@ def fig_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, ou
     d = d[d.group != "overall"]
     if d.empty:
         return "no update diagnostics at the best LRs"
-    plt = _plt()
+    plt = pyplot()
     methods = [m for m in ("full", "lora") if m in set(d.method)]
     fig, axes = plt.subplots(len(methods), 2, squeeze=False, figsize=(10, 3.2 * len(methods)))
     for i, method in enumerate(methods):
@@ -301,11 +307,9 @@ def fig_constrained_gap(best: pd.DataFrame, ctab: pd.DataFrame, out: Path) -> Pa
     """Muon − AdamW gap vs rank: low-rank Muon full fine-tuning (``update_rank`` r, vs AdamW
     full) next to LoRA (Muon vs AdamW LoRA at rank r), with plain full Muon as a reference
     line; and the gap vs the drift budget ρ (``max_drift``)."""
-    from muonft.experiments.verdicts import _bad, _mismatch_pairs, _num, contrast_ci
-
     if ctab.empty:
         return "no constrained-update runs"
-    low = [(int(_num(s.split("=")[1])), g, h) for s, g, h in
+    low = [(int(float(s.split("=")[1])), g, h) for s, g, h in
            zip(ctab.scheme, ctab.gap, ctab.gap_ci) if "update_rank=" in s]
     drift = [(float(s.split("=")[1]), g, h) for s, g, h in
              zip(ctab.scheme, ctab.gap, ctab.gap_ci) if "max_drift=" in s]
@@ -318,10 +322,9 @@ def fig_constrained_gap(best: pd.DataFrame, ctab: pd.DataFrame, out: Path) -> Pa
         lora = lora[lora["lora_muon"].fillna("independent") != "joint"]
     lora_pts = []
     for r, g in lora.groupby("lora.rank"):
-        for _, mis, mat in _mismatch_pairs(g, "lora"):
-            est, half, _ = contrast_ci([(_bad(mis), 1.0), (_bad(mat), -1.0)])
-            lora_pts.append((int(r), est, half))
-    plt = _plt()
+        for _, mis, mat in mismatch_pairs(g, "lora"):
+            lora_pts.append((int(r), *pair_gap(mis, mat)))
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax = axes[0]
     for pts, label, color in ((sorted(low), "low-rank Muon (update_rank r) − AdamW full",
@@ -367,8 +370,6 @@ def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.Dat
                              out: Path) -> Path | str:
     """Forgetting vs target improvement over LRs for AdamW full, full Muon, LoRA Muon,
     low-rank Muon and drift-budget Muon (the inits with constrained runs)."""
-    from muonft.experiments.verdicts import scheme_of
-
     need = {"forgetting_mean", "zero_shot_mean"}
     if ctab.empty or lt.empty or not need <= set(lt):
         return "no constrained-update runs with `forgetting` and `zero_shot` recorded"
@@ -377,7 +378,7 @@ def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.Dat
     if "lora.variant" in cells:
         cells = cells[(cells.method == "full") |
                       (cells["lora.variant"].fillna("lora") == "lora")]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     cmap = plt.get_cmap("tab10")
     for k, (cell, row) in enumerate(cells.iterrows()):
@@ -406,16 +407,6 @@ def fig_constrained_frontier(lt: pd.DataFrame, frame: pd.DataFrame, ctab: pd.Dat
 def write_report(where: str | Path, sweep: str | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNG figures under ``WHERE/report/`` from
     ``WHERE/results.sqlite``; returns the path of report.md."""
-    from muonft.experiments.aggregate import (
-        best_lr_table,
-        cell_label,
-        lr_table,
-        runs_frame,
-        without_constrained,
-    )
-    from muonft.experiments.verdicts import claims_table
-    from muonft.store import Store
-
     where = Path(where)
     with Store(where, create=False) as store:
         if sweep is not None and sweep not in store.sweeps():
@@ -518,8 +509,6 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
 def constrained_section(doc: _Doc, frame: pd.DataFrame, best: pd.DataFrame, lt: pd.DataFrame,
                         out: Path) -> None:
     """The constrained-update Muon section (issue 10), when the store holds such runs."""
-    from muonft.experiments.verdicts import constrained_table
-
     ctab = constrained_table(frame, best)
     if ctab.empty:
         return
@@ -569,12 +558,6 @@ def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
     """``WHERE/report/report.md`` (+ ``.html``) for a study made of parts: per part (name →
     (description, path of its report.md)) a link to its own report and its claims table,
     recomputed from the part's store, and its constrained-update table when it has one."""
-    import os
-
-    from muonft.experiments.aggregate import runs_frame
-    from muonft.experiments.verdicts import claims_table, constrained_table
-    from muonft.store import Store
-
     out = Path(where) / "report"
     out.mkdir(parents=True, exist_ok=True)
     doc = _Doc()
@@ -605,12 +588,6 @@ def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
 def toy_section(doc: _Doc, toy_json: Path, out: Path) -> None:
     """Claim 1 from the toy experiment's ``toy.json`` (when the project has one): computed
     verdicts, the per-optimizer table and its figures (copied next to the report)."""
-    import json
-    import shutil
-
-    from muonft.experiments.toy_bias import summary_lines
-    from muonft.experiments.verdicts import toy_claims
-
     if not toy_json.exists():
         return
     try:

@@ -1,15 +1,12 @@
-"""Figures of the toy implicit-bias experiment (from the result dict and traces of run_toy)."""
+"""Figures and the text summary of the toy implicit-bias experiment (from the result dict and
+traces of :func:`muonft.experiments.toy_bias.run_toy`, or a stored toy.json)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from muonft.atomic import atomic_savefig
+from muonft.report.plots import pyplot
 
 
 def _grouped_bars(ax, names: list[str], series: dict[str, list[float]], ylabel: str,
@@ -26,6 +23,7 @@ def _grouped_bars(ax, names: list[str], series: dict[str, list[float]], ylabel: 
 
 def plot_distances(result: dict, path: Path) -> None:
     """Per optimizer: norm gaps, distances to the optimal sets, distances to the canonical refs."""
+    plt = pyplot()
     opt = result["optimizers"]
     names = list(opt)
 
@@ -49,6 +47,7 @@ def plot_distances(result: dict, path: Path) -> None:
 
 def plot_trajectories(traces: dict, refs: dict, path: Path) -> None:
     """Max-norm and spectral norm of W over the steps, with the two minimum norms as lines."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, tr in traces.items():
         if not tr.history.get("step"):
@@ -69,6 +68,7 @@ def plot_trajectories(traces: dict, refs: dict, path: Path) -> None:
 
 def plot_lora(result: dict, path: Path) -> None:
     """Relative distance between the Adam- and Muon-trained updates vs LoRA rank (and full)."""
+    plt = pyplot()
     ranks = result["lora"]["ranks"]
     d = [result["lora"]["by_rank"][str(r)]["adam_vs_muon_dist"] for r in ranks]
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -94,3 +94,26 @@ def write_toy_outputs(result: dict, traces: dict, out: Path) -> list[Path]:
     plot_trajectories(traces, result["references"], paths[1])
     plot_lora(result, paths[2])
     return paths
+
+
+def summary_lines(doc: dict) -> list[str]:
+    """A short text table of a toy.json document (the mean over seeds when it has several)."""
+    agg = doc.get("aggregate")
+    head = (f"{'optimizer':<9} {'max gap':>8} {'spec gap':>8} {'d(Smax)':>8} {'d(Sspec)':>8} "
+            f"{'d(max)':>7} {'d(spec)':>7} {'steps':>7}")
+    title = f"mean over {agg['n_seeds']} seeds" if agg else f"seed {doc['problem']['seed']}"
+    lines = [title,
+             head]
+    for name in (agg or doc)["optimizers"]:
+        r = ({k: v["mean"] for k, v in agg["optimizers"][name].items()} if agg
+             else doc["optimizers"][name])
+        lines.append(f"{name:<9} {r['maxnorm_gap']:>8.3f} {r['spectral_gap']:>8.3f} "
+                     f"{r['dist_to_maxnorm_set']:>8.3f} {r['dist_to_spectral_set']:>8.3f} "
+                     f"{r['dist_to_maxnorm']:>7.3f} {r['dist_to_spectral']:>7.3f} "
+                     f"{r['steps']:>7.0f}")
+    lora = doc["lora"]
+    by = ", ".join(f"r={r}: {lora['by_rank'][str(r)]['adam_vs_muon_dist']:.3f}"
+                   for r in lora["ranks"])
+    lines.append(f"LoRA Adam-vs-Muon distance (seed {doc['problem']['seed']}): {by}; full "
+                 f"{lora['full']['adam_vs_muon_dist']:.3f}")
+    return lines

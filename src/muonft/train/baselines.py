@@ -17,19 +17,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as to_bytes
+
+from muonft.atomic import atomic_write
+from muonft.cache import cache_dir
 
 
 def cached_measurements(key: dict[str, Any], compute: Callable[[], dict[str, Any]]
                         ) -> dict[str, Any]:
     """``compute()`` (floats and tensors by name), or what it returned for the same ``key``
     before. Floats round-trip exactly (stored as float64)."""
-    from safetensors.torch import load_file
-    from safetensors.torch import save as to_bytes
-
-    from muonft.atomic import atomic_write
-    from muonft.data import cache_dir
-
     key = {**key, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = cache_dir() / "baselines" / f"{digest[:24]}.safetensors"
@@ -51,8 +51,6 @@ def cached_measurements(key: dict[str, Any], compute: Callable[[], dict[str, Any
 
 def array_digest(*arrays: Any) -> str:
     """sha256 over the bytes of token arrays / memmaps (identifies evaluation data)."""
-    import numpy as np
-
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)

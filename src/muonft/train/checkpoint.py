@@ -29,6 +29,7 @@ into shards — so a run resumes at another world size and under another paralle
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -44,9 +45,25 @@ from safetensors.torch import load_file, save_file
 
 from muonft.atomic import atomic_write, atomic_write_json, sha256_file
 from muonft.errors import CheckpointError
+from muonft.optim.distributed import is_sharded, local_shard
 
 LATEST = "latest.json"
 SHARDED_LAYOUT = "dcp"
+
+
+def checkpoint_name(stem: str, spec: dict[str, Any], reference: dict[str, Any],
+                    default_steps: int) -> str:
+    """The one naming rule of pretrained checkpoints in the cache:
+    ``<stem>-<optimizer>-s<seed>``, plus ``-<steps>steps`` when ``spec["steps"]`` differs
+    from ``default_steps``, plus the first 6 hex digits of the spec's sha256 when any other
+    setting differs from ``reference`` (the recipe's defaults at the same stem, optimizer,
+    steps and seed)."""
+    name = f"{stem}-{spec['optimizer']}-s{spec['seed']}"
+    if spec["steps"] != default_steps:
+        name += f"-{spec['steps']}steps"
+    if spec != reference:
+        name += "-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
+    return name
 
 
 def save_weights(model_state: dict[str, torch.Tensor], path: Path) -> None:
@@ -169,7 +186,7 @@ class Checkpoint:
         """Load weights and optimizer state into ``model`` and ``optimizer``. A sharded model
         (DTensor parameters) must call this on every rank (a collective); each rank then
         reads only its shards of a DCP checkpoint."""
-        sharded = any(_is_dtensor(p) for p in model.parameters())
+        sharded = any(is_sharded(p) for p in model.parameters())
         if self.layout != SHARDED_LAYOUT:
             weights, osd = self.full_weights(), self.state["optimizer"]
             if sharded:
@@ -206,7 +223,7 @@ class Checkpoint:
             if tuple(md.size) == tuple(p.shape):  # param-shaped: shard it like the parameter
                 targets[key] = torch.zeros_like(p, dtype=dtype)
             else:  # counters and small replicated state (CPU when 0-d, as torch keeps steps)
-                dev = "cpu" if len(md.size) == 0 else _local(p).device
+                dev = "cpu" if len(md.size) == 0 else local_shard(p).device
                 targets[key] = torch.zeros(tuple(md.size), dtype=dtype, device=dev)
             opt_keys.append(key)
         dcp.load(targets, checkpoint_id=str(path))
@@ -341,18 +358,6 @@ def _commit(ckpt_dir: Path, step: int, name: str, hashes: dict[str, str], keep: 
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from muonft.optim.distributed import is_sharded
-
-    return is_sharded(t)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    from muonft.optim.distributed import local_shard
-
-    return local_shard(t)
-
-
 def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer
                  ) -> list[tuple[torch.Tensor, str]]:
     """(parameter, name) in the optimizer's order (the ids of its ``state_dict``)."""
@@ -413,9 +418,9 @@ def _distribute_full(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     from torch.distributed.tensor import distribute_tensor
 
     def like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not _is_dtensor(target) or tuple(full.shape) != tuple(target.shape):
+        if not is_sharded(target) or tuple(full.shape) != tuple(target.shape):
             return full
-        return distribute_tensor(full.to(_local(target).device), target.device_mesh,
+        return distribute_tensor(full.to(local_shard(target).device), target.device_mesh,
                                  target.placements)
 
     live = model.state_dict()

@@ -38,7 +38,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from muonft.diagnostics import UpdateRMSTracker
 from muonft.errors import ConfigError
+from muonft.optim.distributed import local_shard
+from muonft.train.loop import default_loss, resolve_device
+from muonft.train.ranks import barrier, is_sharded_model, sum_across_ranks
 
 PARALLEL_ENV = "MUONFT_PARALLEL"
 MODES = ("ddp", "fsdp")
@@ -73,18 +77,10 @@ def parallel_mode(parallel: str | None = None) -> str:
     return mode
 
 
-def is_main() -> bool:
-    """True on rank 0, and in a process without a process group."""
-    d = torch.distributed
-    return not (d.is_available() and d.is_initialized()) or d.get_rank() == 0
-
-
 def setup(device: str | None = None, parallel: str | None = None) -> DistContext:
     """Join the ``torchrun`` job described by the environment (``WORLD_SIZE`` > 1), or return
     a single-process context. ``device`` None/``auto``: ``cuda:LOCAL_RANK`` when CUDA is
     available, else CPU. ``parallel``: ``ddp`` or ``fsdp`` (default: :func:`parallel_mode`)."""
-    from muonft.train.loop import resolve_device
-
     mode = parallel_mode(parallel)
     d = torch.distributed
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -129,8 +125,6 @@ def parallelize(model: nn.Module, ctx: DistContext, loss: Callable[[nn.Module, A
     parameters are replaced by DTensor shards (in place: ``model`` stays the object to train,
     evaluate and checkpoint). Under ``ddp`` the loop keeps the plain module (its names, its
     state dict) and the loss runs through the DDP wrapper, which all-reduces the gradients."""
-    from muonft.train.loop import default_loss
-
     loss = loss or default_loss
     if ctx.mode == "ddp":
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -142,13 +136,6 @@ def parallelize(model: nn.Module, ctx: DistContext, loss: Callable[[nn.Module, A
     if ctx.mode == "fsdp":
         shard_model(model, ctx)
     return loss
-
-
-def is_sharded_model(model: nn.Module) -> bool:
-    """True when the model's parameters are FSDP2 shards (DTensors)."""
-    from muonft.optim.distributed import is_sharded
-
-    return any(is_sharded(p) for p in model.parameters())
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
@@ -194,12 +181,8 @@ def update_rms_tracker(groups: dict[str, list[torch.Tensor]], ctx: DistContext):
     """A :class:`muonft.diagnostics.UpdateRMSTracker` for ``groups``; for sharded parameters
     (``fsdp``) one whose ``measure`` sums the squared update norms of every rank's shards, so
     that each rank records the update RMS of the full matrices."""
-    from muonft.diagnostics import UpdateRMSTracker
-
     if not ctx.sharded:
         return UpdateRMSTracker(groups)
-    from muonft.optim.distributed import local_shard
-
     class ShardedUpdateRMSTracker(UpdateRMSTracker):
         """Snapshots are of this rank's shards (plain tensors)."""
 
@@ -231,18 +214,6 @@ def update_rms_tracker(groups: dict[str, list[torch.Tensor]], ctx: DistContext):
     return ShardedUpdateRMSTracker(groups)
 
 
-def sum_across_ranks(values: list[float]) -> list[float]:
-    """Element-wise sum of a list of floats over all ranks (itself without a process group)."""
-    d = torch.distributed
-    if not (d.is_available() and d.is_initialized()) or d.get_world_size() == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    if d.get_backend() == "nccl":
-        t = t.cuda()
-    d.all_reduce(t)
-    return t.cpu().tolist()
-
-
 def shard(get_batch: Callable[[int], Any], ctx: DistContext) -> Callable[[int], Any]:
     """Rows ``rank::world`` of each global batch (a tuple of tensors with batch first)."""
     if ctx.world == 1:
@@ -258,24 +229,6 @@ def check_batch(batch_size: int, ctx: DistContext) -> None:
     if batch_size % ctx.world:
         raise ConfigError(f"batch_size {batch_size} is not divisible by the world size "
                           f"{ctx.world}; pick a multiple of {ctx.world}")
-
-
-def mean_across_ranks(x: float) -> float:
-    """The mean of a float over all ranks (itself without a process group)."""
-    d = torch.distributed
-    if not (d.is_available() and d.is_initialized()) or d.get_world_size() == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64)
-    if d.get_backend() == "nccl":
-        t = t.cuda()
-    d.all_reduce(t)
-    return float(t.item()) / d.get_world_size()
-
-
-def barrier() -> None:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        d.barrier()
 
 
 def teardown(ctx: DistContext, *, wait: bool = True) -> None:

@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from muonft.errors import CheckpointError
 from muonft.train.checkpoint import open_checkpoint, save_checkpoint, save_sharded_checkpoint
-from muonft.train.distributed import is_main, is_sharded_model, mean_across_ranks
+from muonft.train.ranks import is_main, is_sharded_model, mean_across_ranks
 
 SCHEDULES = ("constant", "cosine", "linear", "warmdown")
 # The TrainConfig fields that decide the LR at every step: a resumed run must agree on them.
@@ -156,17 +165,7 @@ def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return out[1] if isinstance(out, tuple) else out.loss
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+def _progress(enabled: bool) -> Progress:
     # stderr, so that a command's stdout holds only its result lines.
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -261,7 +260,7 @@ def train(
     may raise to stop the run (that is how the tests simulate a kill).
 
     Returns ``{"status": "done"|"diverged", "steps", "train_loss", "initial_loss", "final"
-    (last eval metrics), "eval" (same), "best" ({"step", metrics…} of the best
+    (last eval metrics), "best" ({"step", metrics…} of the best
     ``best_metric``), "curves" ({name: [[step, value], …]}), "timings"}``.
     """
     if cfg.threads:
@@ -346,7 +345,6 @@ def _result(status: str, rs: RunState, steps_run: int, wall: float) -> dict[str,
         "train_loss": train_curve[-1][1] if train_curve else None,
         "initial_loss": rs.first_loss,
         "final": dict(rs.last_eval),
-        "eval": dict(rs.last_eval),
         "best": dict(rs.best),
         "curves": rs.curves,
         "timings": {"wall_s": wall, "train_s": rs.train_seconds, "eval_s": rs.eval_seconds,

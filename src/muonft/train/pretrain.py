@@ -21,12 +21,20 @@ from typing import Any
 
 import torch
 
+from muonft import cache
 from muonft.atomic import atomic_write_json
+from muonft.data import LMBatcher, eval_batches, get_tokenizer, load_lm_splits
+from muonft.diagnostics import spectral_metrics
 from muonft.errors import CheckpointError, ConfigError
+from muonft.models import PRESETS, build_gpt, model_config
+from muonft.optim import Muon, muon_param_groups
+from muonft.train import distributed as dd
+from muonft.train.checkpoint import checkpoint_name as named_checkpoint
 from muonft.train.checkpoint import save_weights
-from muonft.train.loop import TrainConfig, train
+from muonft.train.loop import SCHEDULES, TrainConfig, train
 
 OPTIMIZERS = ("adamw", "muon")
+DEFAULT_STEPS = 600  # a checkpoint pretrained for another budget gets a -<steps>steps suffix
 # Per-optimizer defaults, chosen by the LR sweep recorded in the README.
 DEFAULT_LR = {"adamw": 0.03, "muon": 0.02}
 DEFAULT_WD = {"adamw": 0.1, "muon": 0.1}
@@ -42,7 +50,7 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
     tokens = overrides.pop("tokens", None)
     opt = overrides.get("optimizer", "adamw")
     spec = {
-        "model": "tiny", "optimizer": opt, "steps": 600, "lr": None, "weight_decay": None,
+        "model": "tiny", "optimizer": opt, "steps": DEFAULT_STEPS, "lr": None, "weight_decay": None,
         "batch_size": 16, "block_size": 128, "seed": 0, "corpus": "kjv", "tokenizer_corpus": "kjv",
         "vocab_size": 4096,
         "warmup": 30, "schedule": "cosine", "grad_clip": 1.0, "eval_every": 100,
@@ -76,25 +84,30 @@ def default_spec(**overrides: Any) -> dict[str, Any]:
         raise ConfigError(f"lr must be > 0, got {spec['lr']}")
     if spec["weight_decay"] < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {spec['weight_decay']}")
-    from muonft.models import PRESETS
-
     if spec["model"] not in PRESETS:
         raise ConfigError(f"unknown model {spec['model']!r}; choose one of {', '.join(PRESETS)}")
     if spec["block_size"] > PRESETS[spec["model"]].block_size:
         raise ConfigError(f"block_size {spec['block_size']} exceeds the {spec['model']} model's "
                           f"{PRESETS[spec['model']].block_size}")
-    from muonft.train.loop import SCHEDULES
-
     if spec["schedule"] not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {SCHEDULES}, got {spec['schedule']!r}")
     return spec
 
 
-def default_out(spec: dict[str, Any]) -> Path:
-    """``$MUONFT_CACHE/checkpoints/gpt-<model>-<optimizer>-s<seed>``."""
-    from muonft.data import cache_dir
+def checkpoint_name(spec: dict[str, Any]) -> str:
+    """Cache name of a pretrained GPT: ``gpt-<model>-<optimizer>-s<seed>``, plus
+    ``-<steps>steps`` for a budget other than :data:`DEFAULT_STEPS` and a short hash of the
+    spec when any other setting differs from the defaults (``gpt-tiny-muon-s0-150steps``).
+    ``muonft pretrain`` and ``muonft reproduce`` both name checkpoints by it."""
+    spec = default_spec(**spec)
+    ref = default_spec(model=spec["model"], optimizer=spec["optimizer"], steps=spec["steps"],
+                       seed=spec["seed"])
+    return named_checkpoint(f"gpt-{spec['model']}", spec, ref, DEFAULT_STEPS)
 
-    return cache_dir() / "checkpoints" / f"gpt-{spec['model']}-{spec['optimizer']}-s{spec['seed']}"
+
+def default_out(spec: dict[str, Any]) -> Path:
+    """``$MUONFT_CACHE/checkpoints/<checkpoint_name(spec)>``."""
+    return cache.cache_dir() / "checkpoints" / checkpoint_name(spec)
 
 
 def build_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_decay: float,
@@ -104,8 +117,6 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_de
     Under Muon the AdamW groups use ``adamw_lr`` (default: the same ``lr``, as the
     ``match_adamw_rms`` scale rule intends) unless given in ``muon_options``.
     """
-    from muonft.optim import Muon, muon_param_groups
-
     if optimizer == "adamw":
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay,
@@ -118,8 +129,6 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_de
 def hidden_weight_stats(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, float]:
     """RMS and mean spectral norm of the GPT's block matrices (of a model, or of its full
     state dict)."""
-    from muonft.diagnostics import spectral_metrics
-
     named = model.items() if isinstance(model, dict) else model.named_parameters()
     mats = [p.detach().float() for n, p in named if n.startswith("blocks.") and p.ndim == 2]
     if not mats:
@@ -131,8 +140,6 @@ def hidden_weight_stats(model: torch.nn.Module | dict[str, torch.Tensor]) -> dic
 
 def lm_eval_fn(tokens, block_size: int, batch_size: int, max_batches: int):
     """A closure returning {"val_loss": mean token cross-entropy over fixed windows}."""
-    from muonft.data import eval_batches
-
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         total, n = 0.0, 0
         dev = next(model.parameters()).device
@@ -185,9 +192,6 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     (default ``$MUONFT_PARALLEL``, else ``ddp``; see :mod:`muonft.train.distributed`), not part
     of the spec either: a run resumes at another world size and under the other mode.
     """
-    from muonft.data import LMBatcher, get_tokenizer, load_lm_splits
-    from muonft.models import build_gpt, model_config
-
     spec = default_spec(**spec)
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -200,8 +204,6 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
             (out / "model.safetensors").exists():
         prev["resumed"] = "already finished"
         return prev
-    from muonft.train import distributed as dd
-
     ctx = dd.setup(device, parallel)
     dd.check_batch(spec["batch_size"], ctx)
     tok = get_tokenizer(spec["vocab_size"], corpus=spec["tokenizer_corpus"])

@@ -1,6 +1,8 @@
-"""``muonft reproduce``: the whole study in one command, sized by a preset.
+"""The presets of ``muonft reproduce`` and the stages that belong to experiments: data, the
+pretrained models, the sweep specs (the pipeline that adds the toy stage and the report is
+:mod:`muonft.reproduce`).
 
-Stages (each resumable: rerunning the same command skips what is finished):
+Stages of ``muonft reproduce`` (each resumable: rerunning the same command skips what is finished):
 
 1. **data** — fetch what the preset reads into the cache (sha256-verified): the pretraining
    (KJV) and fine-tuning (Rotten Tomatoes) corpora with the tokenizer and token streams, the
@@ -34,17 +36,26 @@ constrained-update schemes on the tiny GPT and on MiniLM). Add one with
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from muonft.errors import ConfigError
+import yaml
 
-DEFAULT_PRETRAIN_STEPS = 600  # muonft pretrain's default; other budgets get a name suffix
+from muonft.atomic import atomic_write_text
+from muonft.cache import cache_dir
+from muonft.data import corpus_path, fetch, get_tokenizer, load_lm_splits
+from muonft.data.images import fetch_images, image_path
+from muonft.errors import ConfigError
+from muonft.models.hf import MODEL_SOURCES, fetch_model
+from muonft.train import pretrain, vision
+
+DEFAULT_PRETRAIN_STEPS = pretrain.DEFAULT_STEPS
 
 
 @dataclass(frozen=True)
@@ -94,43 +105,19 @@ class Preset:
 
     def pretrain_spec(self, optimizer: str) -> dict[str, Any]:
         """The complete ``muonft pretrain`` spec of this preset's model for ``optimizer``."""
+        kw = {"model": self.model, "optimizer": optimizer, "steps": self.pretrain_steps,
+              "batch_size": self.pretrain_batch_size, **self.pretrain}
         if self.family == "vision":
-            from muonft.train.vision import default_pretrain_spec
-
-            return default_pretrain_spec(**{"model": self.model, "optimizer": optimizer,
-                                            "steps": self.pretrain_steps,
-                                            "batch_size": self.pretrain_batch_size,
-                                            **self.pretrain})
-        from muonft.train.pretrain import default_spec
-
-        return default_spec(**{"model": self.model, "optimizer": optimizer,
-                               "steps": self.pretrain_steps,
-                               "batch_size": self.pretrain_batch_size, **self.pretrain})
+            return vision.default_pretrain_spec(**kw)
+        return pretrain.default_spec(**kw)
 
     def checkpoint_name(self, optimizer: str) -> str:
-        """Cache name of this preset's pretrained model: ``gpt-<model>-<optimizer>-s<seed>``
-        (``vit-<size>-<optimizer>-s<seed>`` for ViTs) as ``muonft pretrain`` names it, plus
-        ``-<steps>steps`` for another budget and a short hash when other pretraining settings
-        differ from the defaults."""
-        import hashlib
-        import json
-
-        from muonft.train.pretrain import default_spec
-
+        """Cache name of this preset's pretrained model, as ``muonft pretrain`` names it
+        (:func:`muonft.train.pretrain.checkpoint_name`; ViTs:
+        :func:`muonft.train.vision.pretrain_checkpoint_name`)."""
         if self.family == "vision":
-            from muonft.train.vision import pretrain_checkpoint_name
-
-            return pretrain_checkpoint_name(self.pretrain_spec(optimizer))
-        spec = self.pretrain_spec(optimizer)
-        name = f"gpt-{spec['model']}-{optimizer}-s{spec['seed']}"
-        if spec["steps"] != DEFAULT_PRETRAIN_STEPS:
-            name += f"-{spec['steps']}steps"
-        ref = default_spec(model=spec["model"], optimizer=optimizer, steps=spec["steps"],
-                           seed=spec["seed"])
-        if spec != ref:
-            blob = json.dumps(spec, sort_keys=True).encode()
-            name += f"-{hashlib.sha256(blob).hexdigest()[:6]}"
-        return name
+            return vision.pretrain_checkpoint_name(self.pretrain_spec(optimizer))
+        return pretrain.checkpoint_name(self.pretrain_spec(optimizer))
 
     def corpora(self) -> list[str]:
         """Named corpora (not ``file:``) this preset reads: pretraining, tokenizer, task, and
@@ -379,29 +366,14 @@ def sweep_specs(preset: Preset) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # The pipeline
 
-@dataclass
-class ReproduceResult:
-    """Where everything went, and how long each stage took (seconds)."""
-
-    out: Path
-    report: Path
-    stages: dict[str, float] = field(default_factory=dict)
-    sweeps: list[str] = field(default_factory=list)
-    checkpoints: dict[str, Path] = field(default_factory=dict)
-
-
 def _pretrain_job(spec: dict[str, Any], out: str, threads: int, family: str = "gpt"
                   ) -> dict[str, Any]:
     if family == "vision":
-        from muonft.train.vision import vision_pretrain
-
-        rec = vision_pretrain(spec, Path(out), threads=threads, progress=False,
+        rec = vision.vision_pretrain(spec, Path(out), threads=threads, progress=False,
                               checkpoint_every=100)
         return {"status": rec["status"], "resumed": rec.get("resumed"),
                 "val": ("val accuracy", rec["metrics"].get("val_accuracy"))}
-    from muonft.train.pretrain import pretrain
-
-    rec = pretrain(spec, Path(out), threads=threads, progress=False, checkpoint_every=50)
+    rec = pretrain.pretrain(spec, Path(out), threads=threads, progress=False, checkpoint_every=50)
     return {"status": rec["status"], "resumed": rec.get("resumed"),
             "val": ("val loss", rec["metrics"].get("val_loss"))}
 
@@ -410,10 +382,6 @@ def pretrain_stage(preset: Preset, *, workers: int, log: Callable[[str], None]
                    ) -> dict[str, Path]:
     """Pretrain (or reuse from the cache) the AdamW and Muon models of ``preset``, in parallel
     processes when ``workers`` > 1. Returns optimizer → checkpoint dir."""
-    import multiprocessing as mp
-
-    from muonft.data import cache_dir
-
     jobs = {opt: (preset.pretrain_spec(opt),
                   cache_dir() / "checkpoints" / preset.checkpoint_name(opt))
             for opt in preset.pretrained}
@@ -445,10 +413,6 @@ def _pretrain_line(opt: str, res: dict[str, Any], t0: float) -> str:
 
 def write_specs(preset: Preset, out: Path) -> list[Path]:
     """Write the preset's sweep specs as YAML under ``out/specs/`` (for ``muonft sweep``)."""
-    import yaml
-
-    from muonft.atomic import atomic_write_text
-
     paths = []
     for s in sweep_specs(preset):
         text = (f"# Written by `muonft reproduce --preset {preset.name}`; rerun or edit with\n"
@@ -458,148 +422,26 @@ def write_specs(preset: Preset, out: Path) -> list[Path]:
     return paths
 
 
-def reproduce(preset: str | Preset, out: str | os.PathLike | None = None, *,
-              workers: int | None = None, progress: bool = True,
-              log: Callable[[str], None] = print, skip_toy: bool = False) -> ReproduceResult:
-    """Run the whole study for ``preset`` into ``out`` (default ``reproduce-<preset>``) and
-    return where the report is. Every stage resumes: a second call reuses the cached data
-    and checkpoints, skips finished runs and rewrites the report."""
-    from muonft.data import corpus_path, fetch, get_tokenizer, load_lm_splits
-    from muonft.experiments.sweep import default_workers_threads, run_sweep
-    from muonft.experiments.sweep_spec import parse_sweep_spec
-    from muonft.report.study import write_report
-
-    p = preset if isinstance(preset, Preset) else get_preset(preset)
-    out = Path(out) if out is not None else Path(f"reproduce-{p.name}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
-    if p.parts:
-        return _reproduce_parts(p, out, workers=workers, progress=progress, log=log,
-                                skip_toy=skip_toy)
-    w, t = default_workers_threads(workers, None)
-    res = ReproduceResult(out=out, report=out / "report" / "report.md")
-    specs = [parse_sweep_spec(s, f"preset {p.name}") for s in sweep_specs(p)]
-    write_specs(p, out)
-    log(f"muonft reproduce --preset {p.name}: {p.description} ({p.budget}); output in {out}")
-
-    t0 = time.perf_counter()
-    for name in p.corpora():
+def fetch_data(preset: Preset, log: Callable[[str], None]) -> dict[str, Path]:
+    """Stage 1: fetch what ``preset`` reads into the cache (corpora, and the image sets, the
+    tokenizer and token streams, or the third-party models of its family). Returns the
+    third-party model name → its cache directory."""
+    models: dict[str, Path] = {}
+    for name in preset.corpora():
         if not corpus_path(name).exists():
             fetch(name, progress=lambda m: log(f"  {m}"))
-    if p.family == "vision":
-        from muonft.data.images import fetch_images, image_path
-
-        for name in p.image_sets():
+    if preset.family == "vision":
+        for name in preset.image_sets():
             if not image_path(name).exists():
                 fetch_images(name, progress=lambda m: log(f"  {m}"))
-    elif p.family == "gpt":
-        pspec = p.pretrain_spec("adamw")
+    elif preset.family == "gpt":
+        pspec = preset.pretrain_spec("adamw")
         tok = get_tokenizer(pspec["vocab_size"], corpus=pspec["tokenizer_corpus"])
-        task = str(p.finetune.get("task", "lm:rt"))
+        task = str(preset.finetune.get("task", "lm:rt"))
         for corpus in (pspec["corpus"], task.removeprefix("lm:")):
             load_lm_splits(corpus, tok)
     else:
-        from muonft.models.hf import MODEL_SOURCES, fetch_model
-
-        for init in p.init_names().values():
+        for init in preset.init_names().values():
             if init in MODEL_SOURCES:
-                res.checkpoints[init] = fetch_model(init, progress=lambda m: log(f"  {m}"))
-    res.stages["data"] = time.perf_counter() - t0
-    log(f"[1/5] data ready ({res.stages['data']:.0f} s)")
-
-    t0 = time.perf_counter()
-    if p.family in ("gpt", "vision"):
-        res.checkpoints = pretrain_stage(p, workers=max(1, w), log=log)
-        log(f"[2/5] pretrained models ready ({time.perf_counter() - t0:.0f} s)")
-    else:
-        log(f"[2/5] no pretraining: fine-tuning {', '.join(p.init_names().values())} "
-            f"(pretrained by their authors)")
-    res.stages["pretrain"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    for s in specs:
-        summary = run_sweep(s, out, workers=w, threads=t, progress=progress, quiet=not progress)
-        log(f"  {summary.line()}")
-        res.sweeps.append(s.name)
-    res.stages["sweeps"] = time.perf_counter() - t0
-    log(f"[3/5] sweeps done ({res.stages['sweeps']:.0f} s)")
-
-    t0 = time.perf_counter()
-    if not skip_toy and p.toy_seeds > 0:
-        run_toy_stage(p, out / "toy", log=log)
-    res.stages["toy"] = time.perf_counter() - t0
-    log(f"[4/5] toy implicit-bias experiment done ({res.stages['toy']:.0f} s)")
-
-    t0 = time.perf_counter()
-    res.report = write_report(out)
-    res.stages["report"] = time.perf_counter() - t0
-    log(f"[5/5] report written ({res.stages['report']:.0f} s)")
-    return res
-
-
-def _reproduce_parts(p: Preset, out: Path, *, workers: int | None, progress: bool,
-                     log: Callable[[str], None], skip_toy: bool) -> ReproduceResult:
-    """Run each part preset of ``p`` into ``out/<part>/`` and write an index report."""
-    from muonft.report.study import write_index_report
-
-    log(f"muonft reproduce --preset {p.name}: {p.description} ({p.budget}); parts "
-        f"{', '.join(p.parts)}; output in {out}")
-    res = ReproduceResult(out=out, report=out / "report" / "report.md")
-    reports = {}
-    for part in p.parts:
-        t0 = time.perf_counter()
-        r = reproduce(part, out / part, workers=workers, progress=progress, log=log,
-                      skip_toy=skip_toy)
-        reports[part] = r.report
-        res.stages[part] = time.perf_counter() - t0
-        res.sweeps += r.sweeps
-        res.checkpoints.update(r.checkpoints)
-    t0 = time.perf_counter()
-    res.report = write_index_report(out, {part: (PRESETS[part].description, path)
-                                          for part, path in reports.items()},
-                                    title=f"muonft reproduce --preset {p.name}")
-    res.stages["report"] = time.perf_counter() - t0
-    log(f"index report written: {res.report}")
-    return res
-
-
-def run_toy_stage(preset: Preset, out: Path, *, log: Callable[[str], None] = print) -> Path:
-    """The toy implicit-bias experiment over ``preset.toy_seeds`` seeds → ``out/toy.json`` (+
-    figures of the first seed). Reuses a finished toy.json with the same seeds."""
-    import json
-
-    from muonft.atomic import atomic_write_json
-    from muonft.experiments.toy_bias import aggregate, run_toy
-    from muonft.report.toy import write_toy_outputs
-
-    path = out / "toy.json"
-    if path.exists():
-        try:
-            doc = json.loads(path.read_text())
-            p = doc["problem"]
-            if len(doc.get("seeds", [doc])) == preset.toy_seeds and \
-                    (p["n"], p["d"], p["k"]) == tuple(preset.toy_size):
-                log(f"  toy: reusing {path}")
-                return path
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass  # a torn or foreign file: compute it again
-    results = []
-    n, d, k = preset.toy_size
-    for s in range(preset.toy_seeds):
-        res, traces = run_toy(n, d, k, s, step_fraction=preset.toy_step_fraction)
-        if s == 0:
-            write_toy_outputs(res, traces, out)
-        results.append(res)
-        log(f"  toy: seed {s} done ({s + 1}/{preset.toy_seeds})")
-    doc = dict(results[0])
-    if len(results) > 1:
-        doc["seeds"] = results
-        doc["aggregate"] = aggregate(results)
-    return atomic_write_json(path, doc)
-
-
-def with_overrides(preset: Preset, **kw: Any) -> Preset:
-    """A copy of ``preset`` with fields replaced (used by tests to shrink a preset)."""
-    return replace(preset, **kw)
+                models[init] = fetch_model(init, progress=lambda m: log(f"  {m}"))
+    return models

@@ -1,6 +1,6 @@
 import pytest
 
-from muonft.diagnostics import GROUPS, layer_group, module_path
+from muonft.models.naming import GROUPS, layer_group, module_path
 
 TABLE = [
     # muonft GPT and ViT

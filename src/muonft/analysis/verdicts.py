@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import stdtrit
 
-from muonft.experiments.aggregate import best_lr_table
+from muonft.analysis.aggregate import best_lr_table, t_ci_halfwidth, without_constrained
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = (
     "reproduced", "not reproduced", "inconclusive", "no data")
@@ -83,8 +84,6 @@ def contrast_ci(groups: list[tuple[np.ndarray | list[float] | pd.Series, float]]
     Paired (df = n − 1) when every xᵢ is a seed-indexed Series over the same seeds, else the
     groups are independent (Welch–Satterthwaite df); NaN half-width when a group has fewer
     than 2 values. The estimate is the same either way."""
-    from scipy.special import stdtrit
-
     seeds = _paired_seeds(groups)
     if seeds is not None:
         d = sum(c * v.reindex(seeds).to_numpy(dtype=float) for v, c in groups)
@@ -155,17 +154,20 @@ def _pair_key(cell: str, drop: tuple[str, ...] = ("optimizer", "muon")) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _bad(row: pd.Series) -> pd.Series:
-    """The reported metric at a cell's best LR as badness, indexed by seed."""
+def badness(row: pd.Series) -> pd.Series:
+    """The reported metric at a cell's best LR (a row of :func:`best_lr_table`) as badness
+    (lower is better: negated when higher is better), one value per seed, indexed by seed
+    when the row lists its seeds."""
     v = np.asarray(row["values"], dtype=float)
     seeds = row.get("seeds")
     index = list(seeds) if seeds is not None and len(seeds) == len(v) else None
     return pd.Series(-v if row["higher_is_better"] else v, index=index, dtype=float)
 
 
-def _mismatch_pairs(best: pd.DataFrame, method: str) -> list[tuple[str, pd.Series, pd.Series]]:
-    """(pretrained, mismatched row, matched row) for every pair of cells that differ only in
-    the fine-tuning optimizer, with a pretraining optimizer known from the init name."""
+def mismatch_pairs(best: pd.DataFrame, method: str) -> list[tuple[str, pd.Series, pd.Series]]:
+    """(pretrained, mismatched row, matched row) for every pair of cells of ``best`` (a
+    :func:`best_lr_table`) under fine-tuning ``method`` that differ only in the fine-tuning
+    optimizer, with a pretraining optimizer known from the init name."""
     rows = best[(best.method == method) & best.pretrained.isin(["adamw", "muon"])]
     if rows.empty:
         return []
@@ -179,6 +181,17 @@ def _mismatch_pairs(best: pd.DataFrame, method: str) -> list[tuple[str, pd.Serie
     return out
 
 
+def _mean_gap(worse: pd.Series, ref: pd.Series) -> float:
+    return float(badness(worse).mean() - badness(ref).mean())
+
+
+def pair_gap(worse: pd.Series, ref: pd.Series) -> tuple[float, float]:
+    """badness(``worse``) − badness(``ref``) of two best-LR rows and its 95% CI half-width
+    (paired over common seeds where they match; see :func:`contrast_ci`)."""
+    est, half, _ = contrast_ci([(badness(worse), 1.0), (badness(ref), -1.0)])
+    return est, half
+
+
 def _lora_rank_choice(best: pd.DataFrame, rank: int = 8) -> int | None:
     ranks = sorted(best[best.method == "lora"]["lora.rank"].dropna().astype(int).unique())
     if not ranks:
@@ -190,14 +203,14 @@ def claim_mismatch_full(best: pd.DataFrame) -> ClaimResult:
     """Claim 2: under full fine-tuning the mismatched optimizer is worse than the matched one
     (contrast: mean over pretrained models of badness(mismatched) − badness(matched))."""
     st = "Mismatch hurts full fine-tuning (mismatched optimizer worse at its best LR)"
-    pairs = _mismatch_pairs(best, "full")
+    pairs = mismatch_pairs(best, "full")
     if not pairs:
         return _no_data("2", st, "full fine-tuning cells with both optimizers on a known init")
     k = len(pairs)
-    groups = [(_bad(mis), 1 / k) for _, mis, _ in pairs] + \
-             [(_bad(mat), -1 / k) for _, _, mat in pairs]
+    groups = [(badness(mis), 1 / k) for _, mis, _ in pairs] + \
+             [(badness(mat), -1 / k) for _, _, mat in pairs]
     est, half, _ = contrast_ci(groups)
-    parts = [f"{pre}-pretrained: {(_bad(mis).mean() - _bad(mat).mean()):+.4g}"
+    parts = [f"{pre}-pretrained: {_mean_gap(mis, mat):+.4g}"
              for pre, mis, mat in pairs]
     return _result("2", st, f"gap {est:+.4g} ({'; '.join(parts)}) in {pairs[0][1]['metric']}",
                    est, half, f"{contrast_how(groups)} at each cell's best LR")
@@ -279,8 +292,8 @@ def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
     lora = best[(best.method == "lora") & (best["lora.rank"] == rank)] if rank else best[:0]
     if "lora.variant" in lora:
         lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
-    full_pairs = {pre: (mis, mat) for pre, mis, mat in _mismatch_pairs(best, "full")}
-    lora_pairs = {pre: (mis, mat) for pre, mis, mat in _mismatch_pairs(lora, "lora")} \
+    full_pairs = {pre: (mis, mat) for pre, mis, mat in mismatch_pairs(best, "full")}
+    lora_pairs = {pre: (mis, mat) for pre, mis, mat in mismatch_pairs(lora, "lora")} \
         if len(lora) else {}
     common = sorted(set(full_pairs) & set(lora_pairs))
     if not common:
@@ -288,10 +301,11 @@ def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
     k, groups = len(common), []
     for pre in common:
         (fm, ft), (lm, lt) = full_pairs[pre], lora_pairs[pre]
-        groups += [(_bad(fm), 1 / k), (_bad(ft), -1 / k), (_bad(lm), -1 / k), (_bad(lt), 1 / k)]
+        groups += [(badness(fm), 1 / k), (badness(ft), -1 / k), (badness(lm), -1 / k),
+                   (badness(lt), 1 / k)]
     est, half, _ = contrast_ci(groups)
-    gf = np.mean([_bad(full_pairs[p][0]).mean() - _bad(full_pairs[p][1]).mean() for p in common])
-    gl = np.mean([_bad(lora_pairs[p][0]).mean() - _bad(lora_pairs[p][1]).mean() for p in common])
+    gf = np.mean([_mean_gap(*full_pairs[p]) for p in common])
+    gl = np.mean([_mean_gap(*lora_pairs[p]) for p in common])
     return _result("4a", st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
                    f"difference {est:+.4g}", est, half, f"{contrast_how(groups)}, two gaps")
 
@@ -305,7 +319,7 @@ def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
         lora = lora[lora["lora.variant"].fillna("lora") == "lora"]
     by_rank: dict[int, dict[str, tuple[pd.Series, pd.Series]]] = {}
     for r, g in lora.groupby("lora.rank"):
-        by_rank[int(r)] = {pre: (mis, mat) for pre, mis, mat in _mismatch_pairs(g, "lora")}
+        by_rank[int(r)] = {pre: (mis, mat) for pre, mis, mat in mismatch_pairs(g, "lora")}
     pres = set.intersection(*[set(v) for v in by_rank.values()]) if by_rank else set()
     ranks = sorted(r for r in by_rank if by_rank[r])
     if len(ranks) < 2 or not pres:
@@ -316,10 +330,10 @@ def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
     for pre in sorted(pres):
         for r, cr in zip(ranks, c):
             mis, mat = by_rank[r][pre]
-            groups += [(_bad(mis), cr / len(pres)), (_bad(mat), -cr / len(pres))]
+            groups += [(badness(mis), cr / len(pres)), (badness(mat), -cr / len(pres))]
     est, half, _ = contrast_ci(groups)
     gaps = ", ".join(
-        f"r{r}: {np.mean([_bad(by_rank[r][p][0]).mean() - _bad(by_rank[r][p][1]).mean() for p in pres]):+.3g}"  # noqa: E501
+        f"r{r}: {np.mean([_mean_gap(*by_rank[r][p]) for p in pres]):+.3g}"
         for r in ranks)
     return _result("4b", st, f"slope {est:+.4g} per doubling ({gaps})", est, half,
                    f"{contrast_how(groups)} (least-squares slope)")
@@ -346,7 +360,7 @@ def claim_variants(best: pd.DataFrame) -> list[ClaimResult]:
         if not groups:
             continue
         k = len(groups)
-        cg = [(_bad(v), 1 / k) for v, _ in groups] + [(_bad(b), -1 / k) for _, b in groups]
+        cg = [(badness(v), 1 / k) for v, _ in groups] + [(badness(b), -1 / k) for _, b in groups]
         est, half, _ = contrast_ci(cg)
         out.append(_result(f"5 ({variant})", st, f"{variant} − lora {est:+.4g}", est, half,
                            f"{contrast_how(cg)} at each cell's best LR"))
@@ -496,8 +510,6 @@ def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> 
     ``within_adamw_ci`` (the scheme's mean is better than AdamW's, or within AdamW's own 95%
     seed CI), ``forgets_no_more`` (mean forgetting ≤ AdamW's mean + its CI half-width), and
     ``meets_target`` = both."""
-    from muonft.experiments.aggregate import t_ci_halfwidth
-
     cols = ["scheme", "init", "best_lr", "edge", "metric", "mean", "ci95", "n", "adamw_mean",
             "adamw_ci95", "gap", "gap_ci", "forgetting", "adamw_forgetting", "forgetting_gap",
             "forgetting_gap_ci", "within_adamw_ci", "forgets_no_more", "meets_target", "how"]
@@ -517,7 +529,7 @@ def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> 
         if r.method == "lora" and isinstance(variant, str) and variant != "lora":
             continue
         ref = refs[_context_key(r)]
-        gap, gap_half, _ = contrast_ci([(_bad(r), 1.0), (_bad(ref), -1.0)])
+        gap, gap_half = pair_gap(r, ref)
         f_s, f_a = _values_at_best(frame, r, "forgetting"), _values_at_best(frame, ref,
                                                                             "forgetting")
         fgap, fhalf, _ = contrast_ci([(f_s, 1.0), (f_a, -1.0)])
@@ -535,16 +547,14 @@ def constrained_table(frame: pd.DataFrame, best: pd.DataFrame | None = None) -> 
             "adamw_forgetting": float(f_a.mean()) if len(f_a) else math.nan,
             "forgetting_gap": fgap, "forgetting_gap_ci": fhalf, "within_adamw_ci": within,
             "forgets_no_more": no_more, "meets_target": within and no_more,
-            "how": contrast_how([(_bad(r), 1.0), (_bad(ref), -1.0)])})
+            "how": contrast_how([(badness(r), 1.0), (badness(ref), -1.0)])})
     rows.sort(key=lambda d: (d["init"], d["scheme"] != "Muon full", d["scheme"]))
     return pd.DataFrame(rows, columns=cols)
 
 
 def claims_table(frame: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.DataFrame:
     """All claims 2–6 as a DataFrame (one row per claim; see :class:`ClaimResult`), from a
-    runs frame (:func:`muonft.experiments.aggregate.runs_frame`) and a diagnostics frame."""
-    from muonft.experiments.aggregate import without_constrained
-
+    runs frame (:func:`muonft.analysis.aggregate.runs_frame`) and a diagnostics frame."""
     cols = list(ClaimResult.__dataclass_fields__)
     if frame is None or frame.empty:
         return pd.DataFrame(columns=cols)
@@ -572,8 +582,6 @@ def _toy_seeds(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def _paired(doc: dict[str, Any], fn) -> tuple[float, float]:
     """Mean and t-CI half-width over seeds of a per-seed number ``fn(optimizers)`` (the
     optimizers of one seed solve the same problem, so differences are paired)."""
-    from muonft.experiments.aggregate import t_ci_halfwidth
-
     vals = np.array([fn(s["optimizers"]) for s in _toy_seeds(doc)], dtype=float)
     return float(vals.mean()), t_ci_halfwidth(vals)
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from muonft.experiments.aggregate import best_lr_table, runs_frame, t_ci_halfwidth
-from muonft.experiments.sweep import run_sweep
-from muonft.experiments.sweep_spec import parse_sweep_spec
-from muonft.experiments.verdicts import (
+from muonft.analysis.aggregate import best_lr_table, runs_frame, t_ci_halfwidth
+from muonft.analysis.verdicts import (
     INCONCLUSIVE,
     NO_DATA,
     NOT_REPRODUCED,
@@ -20,6 +18,8 @@ from muonft.experiments.verdicts import (
     contrast_ci,
     verdict_of,
 )
+from muonft.experiments.sweep import run_sweep
+from muonft.experiments.sweep_spec import parse_sweep_spec
 from muonft.store import Store
 
 
@@ -57,7 +57,7 @@ def test_contrast_ci_equals_welch_for_two_groups():
 def test_contrast_ci_pairs_groups_that_share_their_seeds():
     import pandas as pd
 
-    from muonft.experiments.verdicts import contrast_how
+    from muonft.analysis.verdicts import contrast_how
 
     rng = np.random.default_rng(1)
     luck = rng.normal(0, 1.0, 5)  # a seed effect both runs of a seed share
@@ -77,7 +77,7 @@ def test_contrast_ci_pairs_groups_that_share_their_seeds():
 def test_a_zero_effect_with_zero_spread_is_inconclusive():
     import pandas as pd
 
-    from muonft.experiments.verdicts import _result
+    from muonft.analysis.verdicts import _result
 
     # per-seed window widths on a discrete LR grid can be identical across seeds; their
     # contrast is then 0 up to rounding with a zero-width CI
@@ -165,7 +165,7 @@ def _window_frame(mis_curve, mat_curve, seeds=(0, 1, 2)):
 
 
 def test_lr_window_narrows_and_moves_left():
-    from muonft.experiments.verdicts import claim_lr_window
+    from muonft.analysis.verdicts import claim_lr_window
 
     # mismatched: one good LR at 3.16e-3; matched: good from 1e-2 to 1e-1
     w, c = claim_lr_window(_window_frame([8, 5, 8, 9, 9.5], [9, 8, 5, 5.1, 5.2]))
@@ -213,8 +213,8 @@ def _constrained_frame():
 
 
 def test_constrained_table_compares_each_scheme_with_adamw_full():
-    from muonft.experiments.aggregate import without_constrained
-    from muonft.experiments.verdicts import constrained_table, scheme_of
+    from muonft.analysis.aggregate import without_constrained
+    from muonft.analysis.verdicts import constrained_table, scheme_of
 
     frame = _constrained_frame()
     t = constrained_table(frame).set_index("scheme")

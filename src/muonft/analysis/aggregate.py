@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import stdtrit  # the t quantile; far lighter to import than scipy.stats
 
-from muonft.experiments.sweep_spec import SweepSpec, lr_grid_for
+from muonft.cache import cache_dir
 from muonft.spec import RunSpec, cell_key
 from muonft.store import Store
 
@@ -42,6 +43,7 @@ def pretrained_with(init: str) -> str:
         if opt in ("adamw", "muon"):
             return opt
     low = str(init).lower()
+    # lazy: muonft.models imports torch (~2 s), which a store reader (muonft runs) never needs
     from muonft.models.hf import MODEL_SOURCES
 
     if str(init) in MODEL_SOURCES or low.startswith("hf:"):
@@ -55,8 +57,6 @@ def pretrained_with(init: str) -> str:
 
 
 def _cache_checkpoints() -> Path:
-    from muonft.data import cache_dir
-
     return cache_dir() / "checkpoints"
 
 
@@ -156,8 +156,6 @@ def lr_table(frame: pd.DataFrame, metric: str = "target") -> pd.DataFrame:
 def t_ci_halfwidth(values: np.ndarray | list[float], level: float = 0.95) -> float:
     """Half-width of the Student-t confidence interval of a mean: t_{(1+level)/2, n−1}·s/√n
     (NaN for fewer than 2 values)."""
-    from scipy.special import stdtrit  # t quantile; far lighter to import than scipy.stats
-
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) < 2:
@@ -222,55 +220,3 @@ def cell_label(row: pd.Series | dict[str, Any], varying: list[str] | None = None
         if f not in ("init", "optimizer", "method", "lora.rank", "lora.variant"):
             parts.append(f"{f}={int(v) if isinstance(v, float) and v.is_integer() else v}")
     return " ".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Adaptive grids
-
-def existing_extra_lrs(store: Store, sweep: SweepSpec) -> dict[str, list[float]]:
-    """LRs already added to each cell by earlier adaptive extensions (runs of the sweep whose
-    LR is not in the cell's base grid), so a restarted sweep continues where it stopped."""
-    extra: dict[str, list[float]] = {}
-    for r in store.runs(sweep.name).itertuples(index=False):
-        spec = RunSpec.model_validate(r.spec)
-        grid = lr_grid_for(sweep, {"optimizer": spec.optimizer, "method": spec.method,
-                                   "lr": spec.lr})
-        if not any(math.isclose(spec.lr, g, rel_tol=1e-9) for g in grid):
-            lst = extra.setdefault(cell_key(spec), [])
-            if spec.lr not in lst:
-                lst.append(spec.lr)
-    return extra
-
-
-def propose_extensions(frame: pd.DataFrame, sweep: SweepSpec,
-                       extra: dict[str, list[float]]) -> list[tuple[str, float, str, str]]:
-    """For each cell whose best LR is at an edge of its grid (and not yet extended
-    ``max_extensions`` times in that direction): ``(cell, new_lr, direction, label)`` with
-    new_lr = edge·f or edge/f, f = ``adaptive.lr_factor`` or the ratio of the two LRs nearest
-    that edge (3 for a single-LR grid)."""
-    cfg = sweep.adaptive
-    if frame.empty or cfg.max_extensions == 0:
-        return []
-    best = best_lr_table(frame, cfg.metric, report=cfg.metric)
-    out = []
-    for _, row in best.iterrows():
-        if not row["edge"]:
-            continue
-        lrs = sorted(row["lrs"])
-        added = extra.get(row["cell"], [])
-        base_lo, base_hi = min(set(lrs) - set(added)), max(set(lrs) - set(added))
-        for direction in (["low", "high"] if row["edge"] == "both" else [row["edge"]]):
-            n_done = sum((lr < base_lo) if direction == "low" else (lr > base_hi)
-                         for lr in added)
-            if n_done >= cfg.max_extensions:
-                continue
-            if cfg.lr_factor:
-                f = cfg.lr_factor
-            elif len(lrs) >= 2:
-                f = lrs[1] / lrs[0] if direction == "low" else lrs[-1] / lrs[-2]
-            else:
-                f = 3.0
-            edge_lr = lrs[0] if direction == "low" else lrs[-1]
-            new = float(f"{(edge_lr / f if direction == 'low' else edge_lr * f):.6g}")
-            out.append((row["cell"], new, direction, cell_label(row)))
-    return out

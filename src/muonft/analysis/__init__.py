@@ -1,0 +1,1 @@
+"""Aggregation of stored runs and the study's verdicts (statistics over seeds)."""
