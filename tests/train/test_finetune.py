@@ -79,17 +79,21 @@ def test_rerun_is_a_noop_and_spec_change_refused(setup, tmp_path):
         finetune(_spec(setup, lr=0.5), tmp_path / "r", progress=False)
 
 
-def test_spec_validation(tmp_path):
+def test_spec_validation(setup, tmp_path):
+    init = str(setup[0] / "pt")
     with pytest.raises(ConfigError, match="method: Input should be 'full' or 'lora'"):
         spec_from_options(method="half")
     with pytest.raises(ConfigError, match=r"task: 'rt-sentiment' .classification. does not fit "
-                                          r"init 'gpt-tiny-adamw-s0' .gpt., which trains lm"):
-        finetune(spec_from_options(init="gpt-tiny-adamw-s0", task="rt-sentiment"),
-                 tmp_path / "o")
+                                          r"init '.*' .gpt., which trains lm"):
+        finetune(spec_from_options(init=init, task="rt-sentiment"), tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"init: no model family claims '/nope' .no pretrained "
+                                          r"checkpoint .*; families: hf: minilm, smollm2 or "
+                                          r"hf:<path-or-hub-id>; vit: .*; gpt: "):
+        finetune({"init": "/nope"}, tmp_path / "o")
     assert not (tmp_path / "o").exists()
     s = spec_from_options(init="minilm")  # an HF family's own task and defaults
     assert (s.task, s.lr, s.batch_size, s.block_size) == ("rt-sentiment", 5e-5, 32, 64)
-    s = spec_from_options(init="gpt-tiny-adamw-s0", method="lora")
+    s = spec_from_options(init=init, method="lora")
     assert (s.task, s.lr, s.block_size) == ("lm:rt", 1e-2, 128)
 
 

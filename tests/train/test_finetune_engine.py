@@ -264,7 +264,7 @@ def test_bad_spec_values(kw, msg):
 
 def test_unknown_scale_rule_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"muon.scale: unknown scale rule 'huge'"):
-        finetune(spec_from_options(scale="huge"), tmp_path / "o")
+        finetune(RunSpec(lr=0.01, muon={"scale": "huge"}), tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 

@@ -60,13 +60,9 @@ def test_dispatch_and_spec_defaults(tiny, tmp_path):
     assert s.lr == hf_family.DEFAULT_LR[("muon", "lora")] and s.batch_size == 32
     lm = spec_from_options(init="smollm2")
     assert lm.task == "lm:rt" and (lm.batch_size, lm.block_size) == (8, 128)
-    assert spec_from_options().init == "gpt-tiny-adamw-s0"  # the GPT family is the default
     with pytest.raises(ConfigError, match="encoder"):
         finetune(spec_from_options(init=f"hf:{tiny['bert']}", task="lm:kjv").model_copy(
             update={"init": "minilm"}), tmp_path / "o")
-    with pytest.raises(ConfigError, match="which trains lm tasks"):
-        finetune(spec_from_options(init="gpt-tiny-adamw-s0", task="rt-sentiment"),
-                 tmp_path / "o")
     with pytest.raises(ConfigError, match="unknown finetune option"):
         spec_from_options(init="minilm", nope=1)
     assert not (tmp_path / "o").exists()

@@ -112,6 +112,7 @@ class ModelSource(Protocol):
 
     name: str
     tasks: tuple[str, ...]
+    forms: str  # what its inits look like, for messages
     distributed: bool  # runs under torchrun with several processes
 
     def claims(self, init: str) -> bool: ...
@@ -180,21 +181,28 @@ def find_source(init: str) -> ModelSource:
     for s in sources:
         if s.claims(init):
             return s
-    raise ConfigError(f"init: no model family claims {init!r}; families: "
-                      f"{', '.join(s.name for s in sources)}")
+    raise ConfigError(f"init: no model family claims {init!r} (no pretrained checkpoint there "
+                      f"or in the cache; run `muonft pretrain` first); families: "
+                      f"{'; '.join(f'{s.name}: {s.forms}' for s in sources)}")
 
 
 def resolve(spec: RunSpec) -> tuple[ModelSource, TaskPlugin]:
     """The (source, task) pair of a run; ConfigError when the task does not fit the model."""
-    if spec.optimizer == "muon" and spec.muon.scale not in SCALE_RULES:
-        raise ConfigError(f"muon.scale: unknown scale rule {spec.muon.scale!r}; choose one of "
-                          f"{', '.join(sorted(SCALE_RULES))}")
+    check_scale_rule(spec)
     task = find_task(spec.task)
     source = find_source(spec.init)
     if task.kind not in source.tasks:
         raise ConfigError(f"task: {spec.task!r} ({task.kind}) does not fit init {spec.init!r} "
                           f"({source.name}), which trains {', '.join(source.tasks)} tasks")
     return source, task
+
+
+def check_scale_rule(spec: RunSpec) -> None:
+    """The Muon scale rule is one of :data:`muonft.optim.SCALE_RULES` (registered at run time,
+    so the spec layer cannot check it)."""
+    if spec.optimizer == "muon" and spec.muon.scale not in SCALE_RULES:
+        raise ConfigError(f"muon.scale: unknown scale rule {spec.muon.scale!r}; choose one of "
+                          f"{', '.join(sorted(SCALE_RULES))}")
 
 
 def block_size_of(spec: RunSpec, source: ModelSource, task: TaskPlugin) -> int | None:
@@ -212,6 +220,7 @@ def spec_from_options(**options: Any) -> RunSpec:
     what is ``None`` or missing (its LR per optimizer and method, batch and block sizes, …)."""
     given = {k: v for k, v in options.items() if v is not None}
     probe = RunSpec.from_options(**{"lr": 1.0, **given})  # every given value checked first
+    check_scale_rule(probe)
     source = find_source(probe.init)
     task = given.get("task") or source.default_task(probe.init)
     defaults = source.defaults(find_task(task).kind, probe.optimizer, probe.method)

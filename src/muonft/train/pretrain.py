@@ -152,7 +152,7 @@ def lm_eval_fn(tokens, block_size: int, batch_size: int, max_batches: int):
     return evaluate
 
 
-def _check_same_spec(out: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+def check_same_spec(out: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     run = out / "run.json"
     if not run.exists():
         return None
@@ -167,7 +167,7 @@ def _check_same_spec(out: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     return prev
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -198,8 +198,8 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     out = Path(out) if out is not None else default_out(spec)
-    _check_writable(out)
-    prev = _check_same_spec(out, spec)
+    check_writable(out)
+    prev = check_same_spec(out, spec)
     if prev is not None and prev.get("status") in ("done", "diverged") and \
             (out / "model.safetensors").exists():
         prev["resumed"] = "already finished"

@@ -13,8 +13,6 @@ model source (:mod:`muonft.train.families.vision`) and the image task.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,20 @@ from typing import Any
 import torch
 
 from muonft.atomic import atomic_write_json
+from muonft.cache import cache_dir
+from muonft.data.images import PRETRAIN_TASK, ImageBatcher, load_task
 from muonft.errors import ConfigError
-from muonft.train.loop import TrainConfig, train
-from muonft.train.pretrain import OPTIMIZERS, build_optimizer
+from muonft.models import model_config
+from muonft.models.vit import PRESETS, build_vit
+from muonft.train.checkpoint import checkpoint_name, save_weights
+from muonft.train.loop import TrainConfig, resolve_device, train
+from muonft.train.pretrain import (
+    OPTIMIZERS,
+    build_optimizer,
+    check_same_spec,
+    check_writable,
+    hidden_weight_stats,
+)
 from muonft.train.tasks import eval_mode, image_metrics
 
 # Chosen by the LR probe recorded in the README ("Vision (ViT)").
@@ -63,9 +72,6 @@ def _check_common(spec: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- pretraining
 def default_pretrain_spec(**overrides: Any) -> dict[str, Any]:
     """A complete, validated ViT pretraining spec (``None`` values mean "default")."""
-    from muonft.data.images import PRETRAIN_TASK
-    from muonft.models.vit import PRESETS
-
     spec = _filled({
         "model": "vit-tiny", "optimizer": "adamw", "task": PRETRAIN_TASK,
         "steps": DEFAULT_PRETRAIN_STEPS, "lr": None, "weight_decay": 0.05, "batch_size": 128,
@@ -90,20 +96,13 @@ def pretrain_checkpoint_name(spec: dict[str, Any]) -> str:
     plus ``-<steps>steps`` for another step budget and a short hash of the spec when any other
     setting differs from the defaults."""
     spec = default_pretrain_spec(**spec)
-    name = f"{spec['model']}-{spec['optimizer']}-s{spec['seed']}"
-    if spec["steps"] != DEFAULT_PRETRAIN_STEPS:
-        name += f"-{spec['steps']}steps"
     ref = default_pretrain_spec(model=spec["model"], optimizer=spec["optimizer"],
                                 steps=spec["steps"], seed=spec["seed"])
-    if spec != ref:
-        name += "-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
-    return name
+    return checkpoint_name(spec["model"], spec, ref, DEFAULT_PRETRAIN_STEPS)
 
 
 def default_pretrain_out(spec: dict[str, Any]) -> Path:
     """``$MUONFT_CACHE/checkpoints/<pretrain_checkpoint_name(spec)>``."""
-    from muonft.data import cache_dir
-
     return cache_dir() / "checkpoints" / pretrain_checkpoint_name(spec)
 
 
@@ -130,19 +129,12 @@ def vision_pretrain(spec: dict[str, Any], out: Path | None = None, *,
     the block matrices' ``hidden_rms`` / ``hidden_mean_spectral_norm``. ``device``: ``auto``
     (CUDA when available) or a torch device; not part of the spec.
     """
-    from muonft.data.images import ImageBatcher, load_task
-    from muonft.models import model_config
-    from muonft.models.vit import build_vit
-    from muonft.train.checkpoint import save_weights
-    from muonft.train.loop import resolve_device
-    from muonft.train.pretrain import _check_same_spec, _check_writable, hidden_weight_stats
-
     spec = default_pretrain_spec(**spec)
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     out = Path(out) if out is not None else default_pretrain_out(spec)
-    _check_writable(out)
-    prev = _check_same_spec(out, spec)
+    check_writable(out)
+    prev = check_same_spec(out, spec)
     if prev is not None and prev.get("status") in ("done", "diverged") and \
             (out / "model.safetensors").exists():
         prev["resumed"] = "already finished"

@@ -16,7 +16,7 @@ import torch
 
 from muonft.atomic import sha256_file
 from muonft.data import cache_dir, get_tokenizer, load_lm_splits
-from muonft.errors import CheckpointError, ConfigError, DataMissingError
+from muonft.errors import CheckpointError, DataMissingError
 from muonft.models import build_gpt
 from muonft.spec import RunSpec
 from muonft.train.checkpoint import load_weights
@@ -66,12 +66,25 @@ def _tokenizer(cfg: dict[str, Any]):
     return get_tokenizer(cfg["tokenizer"]["vocab_size"], corpus=cfg["tokenizer"]["corpus"])
 
 
+def checkpoint_kind(init: str) -> str | None:
+    """The ``kind`` in the ``config.json`` of a pretrain output (``gpt`` when it names none),
+    ``None`` when ``init`` is no such output (path or cache name)."""
+    if init.startswith("hf:"):
+        return None
+    try:
+        path = resolve_init(init)
+    except DataMissingError:
+        return None
+    return checkpoint_config(path).get("kind", "gpt")  # a corrupt one: CheckpointError
+
+
 class GPTSource:
     name, tasks = "gpt", ("lm",)
+    forms = "a `muonft pretrain` output dir or cache name (gpt-tiny-adamw-s0)"
     distributed = True
 
     def claims(self, init: str) -> bool:
-        return not init.startswith("hf:")  # the catch-all for local checkpoints
+        return checkpoint_kind(init) == "gpt"
 
     def default_task(self, init: str) -> str:
         return "lm:rt"
@@ -86,9 +99,6 @@ class GPTSource:
              device: torch.device) -> Loaded:
         path = resolve_init(spec.init)
         model, tok, cfg = load_pretrained(path)
-        if cfg.get("kind", "gpt") != "gpt":
-            raise ConfigError(f"init: {spec.init!r} is a {cfg.get('kind')!r} checkpoint, not a "
-                              f"GPT")
         corpus = cfg.get("pretrain_corpus", "kjv")
         probe = LMProbe(corpus, load_lm_splits(corpus, tok).heldout, block_size, EVAL_WINDOWS,
                         spec.eval_batches, None)

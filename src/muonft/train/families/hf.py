@@ -27,7 +27,15 @@ from muonft.data.classification import num_labels
 from muonft.data.images import NUM_CLASSES, PRETRAIN_TASK, load_task
 from muonft.data.tokens import Tokenizer
 from muonft.errors import ConfigError
-from muonft.models.hf import MANIFEST, MODEL_SOURCES, is_hf_init, load_hf, model_dir
+from muonft.models.hf import (
+    MANIFEST,
+    MODEL_SOURCES,
+    is_hf_init,
+    load_hf,
+    model_dir,
+    resolve_source,
+)
+from muonft.models.hf_vision import load_hf_image_classifier
 from muonft.spec import RunSpec
 from muonft.train.plugins import Loaded
 from muonft.train.probes import EmbeddingProbe, ImageProbe, LMProbe
@@ -104,6 +112,7 @@ def _identity(init: str) -> dict[str, Any] | None:
 
 class HFSource:
     name, tasks = "hf", ("classification", "lm", "image")
+    forms = f"{', '.join(MODEL_SOURCES)} or hf:<path-or-hub-id>"
     distributed = False
 
     def claims(self, init: str) -> bool:
@@ -117,8 +126,6 @@ class HFSource:
 
     def tokenizer(self, spec: RunSpec):
         from transformers import AutoTokenizer  # heavy: only HF runs pay for it
-
-        from muonft.models.hf import resolve_source
 
         ref, local = resolve_source(spec.init)
         return lm_tokenizer(AutoTokenizer.from_pretrained(ref, local_files_only=local),
@@ -151,8 +158,6 @@ class HFSource:
                       lm_eval_windows=EVAL_WINDOWS, train_head=True, identity=identity)
 
     def _image(self, spec: RunSpec, device: torch.device) -> Loaded:
-        from muonft.models.hf_vision import load_hf_image_classifier
-
         model = load_hf_image_classifier(spec.init, num_labels=NUM_CLASSES).to(device)
         size = model.input_size
         probe = ImageProbe(PRETRAIN_TASK, load_task(PRETRAIN_TASK, size).heldout, False)

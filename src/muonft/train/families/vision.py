@@ -9,18 +9,16 @@ the pretraining task (MNIST) after − before, with accuracies and the class-tok
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
 from muonft.atomic import sha256_file
 from muonft.data.images import PRETRAIN_TASK, load_task
-from muonft.errors import DataMissingError, MuonftError
 from muonft.models import build_model
 from muonft.spec import RunSpec
 from muonft.train.checkpoint import load_weights
-from muonft.train.families.gpt import checkpoint_config, resolve_init
+from muonft.train.families.gpt import checkpoint_config, checkpoint_kind, resolve_init
 from muonft.train.plugins import Loaded
 from muonft.train.probes import ImageProbe
 
@@ -30,14 +28,11 @@ DEFAULT_LR = 1e-2
 
 class ViTSource:
     name, tasks = "vit", ("image",)
+    forms = "a ViT pretrain output dir or cache name (vit-tiny-adamw-s0)"
     distributed = False
 
     def claims(self, init: str) -> bool:
-        if init.startswith("hf:"):
-            return False
-        with contextlib.suppress(DataMissingError, MuonftError):
-            return checkpoint_config(resolve_init(init)).get("kind") == "vit"
-        return False
+        return checkpoint_kind(init) == "vit"
 
     def default_task(self, init: str) -> str:
         return "digits"
