@@ -21,52 +21,23 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 
+from ft_data import pretrain_tiny_gpt, write_lm_corpora, write_text_tasks  # noqa: E402
 from hf_tiny import save_tiny_bert, save_tiny_llama  # noqa: E402
 
-POS = ["great", "good", "fun", "love", "best"]
-NEG = ["awful", "bad", "boring", "hate", "worst"]
-FILLER = ["the", "a", "movie", "film", "plot", "acting", "was", "very"]
 VOLATILE = ("timings", "versions", "resumed", "run_id")
 
 
 def build_env(root: Path) -> dict[str, str]:
     """Inputs of every case under ``root`` (MUONFT_CACHE must point inside ``root``)."""
-    from muonft.train.pretrain import pretrain
-
     rng = np.random.default_rng(0)
-    a = ["in", "the", "beginning", "god", "created", "heaven", "and", "earth", "light"]
-    b = ["this", "film", "is", "a", "funny", "dull", "movie", "great", "plot", "bad"]
-    pre_c, tgt_c = root / "pre.txt", root / "tgt.txt"
-    pre_c.write_text("\n\n".join(" ".join(rng.choice(a, 60)) for _ in range(60)))
-    tgt_c.write_text("\n\n".join(" ".join(rng.choice(b + a[:3], 60)) for _ in range(60)))
-    pre = f"file:{pre_c}"
-    pretrain(dict(model="tiny", optimizer="adamw", steps=4, batch_size=2, block_size=32,
-                  corpus=pre, tokenizer_corpus=pre, vocab_size=300, eval_every=0,
-                  eval_batches=2, warmup=1), root / "pt", progress=False)
-
-    def sentence(label):
-        words = [*list(rng.choice(FILLER, 5)), rng.choice(POS if label else NEG)]
-        rng.shuffle(words)
-        return " ".join(words)
-
-    glue = root / "sst2"
-    glue.mkdir()
-    for split, n in (("train", 96), ("dev", 64)):
-        labels = rng.integers(0, 2, n)
-        rows = ["sentence\tlabel", *(f"{sentence(y)}\t{y}" for y in labels)]
-        (glue / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    general = root / "general.txt"
-    general.write_text("\n\n".join(
-        "the lord said unto god. " + " ".join(rng.choice([*FILLER, "lord", "god"], 30)) + "."
-        for _ in range(30)))
-    target = root / "target.txt"
-    target.write_text("\n\n".join(" ".join(rng.choice(FILLER + POS, 40)) for _ in range(30)))
+    pre, gpt_task = write_lm_corpora(root, rng)
+    pretrain_tiny_gpt(root, pre)
+    text = write_text_tasks(root, rng)
     save_tiny_bert(root / "bert")
     save_tiny_llama(root / "llama")
-    return {"gpt": str(root / "pt"), "gpt_task": f"lm:file:{tgt_c}",
-            "bert": f"hf:{root / 'bert'}", "cls_task": f"glue-tsv:sst2:{glue}",
-            "llama": f"hf:{root / 'llama'}", "lm_task": f"lm:file:{target}",
-            "general": f"file:{general}", "vit": str(root / "vit")}
+    return {"gpt": str(root / "pt"), "gpt_task": gpt_task, "bert": f"hf:{root / 'bert'}",
+            "cls_task": text["task"], "llama": f"hf:{root / 'llama'}", "lm_task": text["target"],
+            "general": text["general"], "vit": str(root / "vit")}
 
 
 def build_vit(root: Path, monkeypatch) -> None:

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
+from ft_data import pretrain_tiny_gpt, write_lm_corpora
 from muonft.cli import main
 from muonft.errors import ConfigError
 from muonft.train.finetune import finetune
 from muonft.train.plugins import spec_from_options
-from muonft.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +19,9 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft_constrained")
     old = os.environ.get("MUONFT_CACHE")
     os.environ["MUONFT_CACHE"] = str(root / "cache")
-    rng = np.random.default_rng(0)
-    a = ["in", "the", "beginning", "god", "created", "heaven", "and", "earth", "light"]
-    b = ["this", "film", "is", "a", "funny", "dull", "movie", "great", "plot", "bad"]
-    pre_c, tgt_c = root / "pre.txt", root / "tgt.txt"
-    pre_c.write_text("\n\n".join(" ".join(rng.choice(a, 60)) for _ in range(60)))
-    tgt_c.write_text("\n\n".join(" ".join(rng.choice(b + a[:3], 60)) for _ in range(60)))
-    pre = f"file:{pre_c}"
-    pretrain(dict(model="tiny", optimizer="adamw", steps=2, batch_size=2, block_size=32,
-                  corpus=pre, tokenizer_corpus=pre, vocab_size=300, eval_every=0,
-                  eval_batches=1, warmup=1), root / "pt", progress=False)
-    yield root, f"lm:file:{tgt_c}"
+    pre, task = write_lm_corpora(root, np.random.default_rng(0))
+    pretrain_tiny_gpt(root, pre, steps=2, eval_batches=1)
+    yield root, task
     if old is None:
         os.environ.pop("MUONFT_CACHE")
     else:

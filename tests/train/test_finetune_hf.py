@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from ft_data import write_text_tasks
 from hf_tiny import save_tiny_bert, save_tiny_llama
 from muonft.cli import main
 from muonft.errors import ConfigError
@@ -16,37 +17,13 @@ from muonft.train.families import hf as hf_family
 from muonft.train.finetune import finetune
 from muonft.train.plugins import Loaded, TaskData, find_task, spec_from_options
 
-POS = ["great", "good", "fun", "love", "best"]
-NEG = ["awful", "bad", "boring", "hate", "worst"]
-FILLER = ["the", "a", "movie", "film", "plot", "acting", "was", "very"]
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny BERT, a tiny Llama, a GLUE-format SST-2 with a learnable rule, two text corpora."""
     root = tmp_path_factory.mktemp("hfft")
-    rng = np.random.default_rng(0)
-
-    def sentence(label):
-        words = [*list(rng.choice(FILLER, 5)), rng.choice(POS if label else NEG)]
-        rng.shuffle(words)
-        return " ".join(words)
-
-    glue = root / "sst2"
-    glue.mkdir()
-    for split, n in (("train", 96), ("dev", 64)):
-        labels = rng.integers(0, 2, n)
-        rows = ["sentence\tlabel", *(f"{sentence(y)}\t{y}" for y in labels)]
-        (glue / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    general = root / "general.txt"
-    general.write_text("\n\n".join(
-        "the lord said unto god. " + " ".join(rng.choice([*FILLER, "lord", "god"], 30)) + "."
-        for _ in range(30)))
-    target = root / "target.txt"
-    target.write_text("\n\n".join(" ".join(rng.choice(FILLER + POS, 40)) for _ in range(30)))
     return {"bert": save_tiny_bert(root / "bert"), "llama": save_tiny_llama(root / "llama"),
-            "task": f"glue-tsv:sst2:{glue}", "general": f"file:{general}",
-            "target": f"lm:file:{target}"}
+            **write_text_tasks(root, np.random.default_rng(0))}
 
 
 @pytest.fixture

@@ -168,31 +168,46 @@ def _baselines(spec: RunSpec, loaded: Loaded, task: TaskPlugin, data: TaskData,
     return cached_measurements(key, measure)
 
 
-def _run(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin, block: int | None,
-         ctx: dd.DistContext, progress: bool, checkpoint_every: int) -> dict[str, Any]:
-    """One run on this process's rank of ``ctx`` (see :func:`finetune`)."""
+def _prepare(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin,
+             block: int | None, ctx: dd.DistContext) -> tuple[Loaded, TaskData]:
+    """Model and data of a run, checked before ``out`` is created (bad LoRA targets, a broken
+    data file: nothing is written)."""
     torch.manual_seed(spec.seed)  # a new head is drawn from the run's seed
     loaded = source.load(spec, task.kind, block, ctx.device)
-    if spec.method == "lora":  # bad targets fail before any data or evaluation
+    if spec.method == "lora":
         resolve_targets(loaded.model, lora_spec(spec))
     data = task.prepare(spec, loaded, block)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
+    return loaded, data
+
+
+def _adapted(spec: RunSpec, loaded: Loaded, data: TaskData) -> torch.nn.Module:
+    """The model to train: with LoRA adapters (LoRA-One's from its gradient) and a trainable
+    new head under ``method: lora``, the model itself otherwise."""
+    torch.manual_seed(spec.seed)
+    if spec.method != "lora":
+        return loaded.model
+    grad_fn = lora_one_grad_fn(data) if spec.lora.variant == "lora_one" else None
+    model = apply_lora(loaded.model, lora_spec(spec), grad_fn=grad_fn)
+    if loaded.train_head:  # a new classifier must learn the task
+        for n, p in model.named_parameters():
+            if layer_group(n) == "head":
+                p.requires_grad_(True)
+    return model
+
+
+def _run(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin, block: int | None,
+         ctx: dd.DistContext, progress: bool, checkpoint_every: int) -> dict[str, Any]:
+    """One run on this process's rank of ``ctx`` (see :func:`finetune`)."""
+    loaded, data = _prepare(spec, out, source, task, block, ctx)
     # what only the record needs is computed by rank 0 alone (on the plain model)
     init = {n: p.detach().clone() for n, p in loaded.model.named_parameters()} \
         if ctx.main else {}
     before = _baselines(spec, loaded, task, data, block, ctx.device) if ctx.main else {}
-    torch.manual_seed(spec.seed)
-    model = loaded.model
-    if spec.method == "lora":
-        grad_fn = lora_one_grad_fn(data) if spec.lora.variant == "lora_one" else None
-        model = apply_lora(model, lora_spec(spec), grad_fn=grad_fn)
-        if loaded.train_head:  # a new classifier must learn the task
-            for n, p in model.named_parameters():
-                if layer_group(n) == "head":
-                    p.requires_grad_(True)
+    model = _adapted(spec, loaded, data)
     view = copy.deepcopy(model) if ctx.sharded and ctx.main else None  # FSDP2: rank 0's copy
     loss_fn = dd.parallelize(model, ctx, data.loss)
     kwargs = spec.optimizer_kwargs()
@@ -210,17 +225,13 @@ def _run(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin, block:
             view.load_state_dict(full, strict=True)
         return view
 
-    def weights(m: torch.nn.Module) -> dict[str, torch.Tensor]:
-        if spec.method == "lora":
-            return merged_state_dict(m)
-        return {n: p.detach() for n, p in m.named_parameters()}
-
     def on_step(step: int, loss: float) -> dict[str, float]:
         values = rms.take()
         if spec.diag_every and step % spec.diag_every == 0 and step < spec.steps:
             m = plain()
             if m is not None:
-                values.update({f"diag_{k}": v for k, v in diag_row(weights(m), init).items()})
+                row = diag_row(weights(spec, m), init)
+                values.update({f"diag_{k}": v for k, v in row.items()})
         return values
 
     tcfg = TrainConfig(steps=spec.steps, schedule=spec.schedule, warmup=spec.warmup,
@@ -242,17 +253,24 @@ def _run(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin, block:
     if final_model is None:  # not rank 0: rank 0 evaluates and writes
         return {"spec": spec.model_dump(mode="json"), "status": result["status"],
                 "metrics": {}, "rank": ctx.rank}
-    record = _record(spec, final_model, loaded, task, data, result, init, before, rms, opt,
-                     weights(final_model))
+    record = _record(spec, final_model, loaded, task, data, result, init, before, rms, opt)
     atomic_write_json(out / "result.json", record)
     return record
 
 
+def weights(spec: RunSpec, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights by name, LoRA merged in (W₀ + s·BA) for LoRA runs."""
+    if spec.method == "lora":
+        return merged_state_dict(model)
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
 def _record(spec: RunSpec, model: torch.nn.Module, loaded: Loaded, task: TaskPlugin,
             data: TaskData, result: dict[str, Any], init: dict[str, torch.Tensor],
-            before: dict[str, Any], rms: GroupRMS, opt: torch.optim.Optimizer,
-            final: dict[str, torch.Tensor]) -> dict[str, Any]:
+            before: dict[str, Any], rms: GroupRMS, opt: torch.optim.Optimizer
+            ) -> dict[str, Any]:
     """The result record after training: final evaluations, forgetting, diagnostics."""
+    final = weights(spec, model)
     lora = spec.method == "lora"
     if lora:
         merge_lora(model)
