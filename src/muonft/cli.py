@@ -80,8 +80,13 @@ def finetune(
 
     if epochs is not None and steps is not None:
         raise ValueError("give --steps or --epochs, not both")
+    if out.resolve() == Path.cwd().resolve():
+        raise ValueError(f"--out must name a directory for the run, got {str(out)!r} (the "
+                         f"current directory)")
     if checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     spec = spec_from_options(
         init=init, task=task, optimizer=optimizer, method=method, lr=lr, steps=steps,
         seed=seed, lora_rank=rank, lora_alpha=alpha, lora_variant=variant,

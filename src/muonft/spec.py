@@ -98,14 +98,14 @@ class RunSpec(_Strict):
     model: str | None = None
     optimizer: Literal["adamw", "muon"] = "muon"
     method: Literal["full", "lora"] = "full"
-    lr: float = Field(gt=0, allow_inf_nan=False)
+    lr: float = Field(gt=0, le=1e4, allow_inf_nan=False)
     steps: int = Field(200, ge=0)
     batch_size: int = Field(16, gt=0)
     block_size: int | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, lt=2**63)
     warmup: int = Field(10, ge=0)
     schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     eval_every: int = Field(50, ge=0)
     eval_batches: int = Field(10, gt=0)

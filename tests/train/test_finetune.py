@@ -5,7 +5,7 @@ import pytest
 
 from ft_data import pretrain_tiny_gpt, write_lm_corpora
 from muonft.cli import main
-from muonft.errors import ConfigError
+from muonft.errors import CheckpointError, ConfigError
 from muonft.train.finetune import finetune
 from muonft.train.plugins import spec_from_options
 
@@ -95,12 +95,57 @@ def test_spec_validation(setup, tmp_path):
     (["--method", "lora", "--rank", "0"], "lora.rank: Input should be greater than 0 (got 0)"),
     (["--steps", "-1"], "steps: Input should be greater than or equal to 0 (got -1)"),
     (["--steps", "3", "--epochs", "1"], "give --steps or --epochs, not both"),
+    (["--lr", "1e308"], "lr: Input should be less than or equal to 10000 (got 1e+308)"),
+    (["--weight-decay", "inf"], "weight_decay: Input should be a finite number"),
+    (["--threads", "-1"], "threads must be >= 1, got -1"),
+    (["--seed", "-1"], "seed: Input should be greater than or equal to 0"),
 ])
 def test_cli_bad_inputs(args, msg, tmp_path, capsys, tmp_cache):
     assert main(["finetune", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--batch-size", "100000000"], "a step of 100000000 × 32 on"),
+    (["--method", "lora", "--rank", "4", "--variant", "pissa", "--dropout", "0.5",
+      "--threads", "0"], "threads must be >= 1, got 0"),
+])
+def test_cli_bad_inputs_with_a_checkpoint_write_nothing(setup, args, msg, tmp_path, capsys):
+    root, task = setup
+    out = tmp_path / "o"
+    assert main(["finetune", "--init", str(root / "pt"), "--task", task, "--block-size", "32",
+                 "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+    assert not out.exists()
+
+
+def test_cli_refuses_the_working_directory_as_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["finetune", "--out", "", "--quiet"]) == 2
+    assert "--out must name a directory for the run" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_that_are_not_one_are_refused(setup, tmp_path):
+    import shutil
+
+    root, task = setup
+    bad = tmp_path / "bad"
+    shutil.copytree(root / "pt", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    for edit, msg in (({**cfg, "config": {**cfg["config"], "vocab_size": 8}},
+                       "its tokenizer has .* tokens but the model embeds 8"),
+                      ({**cfg, "config": {**cfg["config"], "n_embd": 2**20, "n_head": 1}},
+                       "the model of .* needs at least .* GiB"),
+                      ({k: v for k, v in cfg.items() if k != "config"},
+                       "has no 'config'/'tokenizer' entry")):
+        (bad / "config.json").write_text(json.dumps(edit))
+        with pytest.raises((CheckpointError, ConfigError), match=msg):
+            finetune({"init": str(bad), "task": task}, tmp_path / "o")
+        assert not (tmp_path / "o").exists()
 
 
 def test_epochs_convert_to_steps_from_the_training_split(ft_env, tmp_path, capsys):

@@ -52,6 +52,7 @@ from muonft.train import distributed as dd
 from muonft.train.baselines import cached_measurements
 from muonft.train.loop import TrainConfig, best_metrics, to_device, train
 from muonft.train.measure import GroupRMS, diag_row
+from muonft.train.memory import check_fits, step_bytes
 from muonft.train.plugins import (
     Loaded,
     ModelSource,
@@ -84,6 +85,8 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
     block = block_size_of(spec, source, task)
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
     out = Path(out)
     prev = previous_result(out, spec)
     if prev is not None:
@@ -177,6 +180,9 @@ def _prepare(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin,
     if spec.method == "lora":
         resolve_targets(loaded.model, lora_spec(spec))
     data = task.prepare(spec, loaded, block)
+    check_fits(step_bytes(loaded.model, task.units_per_step(spec, block)),
+               f"a step of {spec.batch_size} × {block or 1} on {spec.init}",
+               "Lower batch_size or block_size")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -17,9 +17,10 @@ import torch
 from muonft.atomic import sha256_file
 from muonft.data import cache_dir, get_tokenizer, load_lm_splits
 from muonft.errors import CheckpointError, DataMissingError
-from muonft.models import build_gpt
+from muonft.models import GPTConfig, build_gpt
 from muonft.spec import RunSpec
 from muonft.train.checkpoint import load_weights
+from muonft.train.memory import check_fits
 from muonft.train.plugins import Loaded
 from muonft.train.probes import LMProbe
 
@@ -54,12 +55,24 @@ def checkpoint_config(path: Path) -> dict[str, Any]:
 def load_pretrained(path: Path):
     """(model, tokenizer, config dict) of a ``muonft pretrain`` output directory."""
     cfg = checkpoint_config(path)
-    if "config" not in cfg or "tokenizer" not in cfg:
+    if not isinstance(cfg.get("config"), dict) or not isinstance(cfg.get("tokenizer"), dict):
         raise CheckpointError(f"{path / 'config.json'} has no 'config'/'tokenizer' entry; not "
                               f"a muonft pretrain checkpoint")
-    model = build_gpt(cfg["config"])
+    try:
+        gcfg = GPTConfig(**cfg["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
+    d, layers, v = gcfg.n_embd, gcfg.n_layer, gcfg.vocab_size
+    check_fits(4 * (12 * layers * d * d + 2 * v * d), f"the model of {path}",
+               "It cannot be built here")
+    tok = _tokenizer(cfg)
+    if tok.vocab_size > gcfg.vocab_size:
+        raise CheckpointError(f"{path / 'config.json'}: its tokenizer has {tok.vocab_size} "
+                              f"tokens but the model embeds {gcfg.vocab_size}; not one "
+                              f"checkpoint")
+    model = build_gpt(gcfg)
     model.load_state_dict(load_weights(path / "model.safetensors"), strict=True)
-    return model, _tokenizer(cfg), cfg
+    return model, tok, cfg
 
 
 def _tokenizer(cfg: dict[str, Any]):
