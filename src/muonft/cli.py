@@ -67,6 +67,9 @@ def finetune(
     lora_muon: str = typer.Option(None, help="Muon with LoRA: independent (default) or joint "
                                   "(A, B stepped so the change of BA is orthogonalized)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every K steps."),
+    keep_checkpoints: int = typer.Option(None, help="Once the run has finished, keep its "
+                                         "newest N checkpoints (0: delete them; default: the "
+                                         "last two)."),
     threads: int = typer.Option(None, help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -97,8 +100,10 @@ def finetune(
     if epochs is not None:
         spec = spec.model_copy(update={"steps": steps_for_epochs(spec, epochs)})
         print(f"{epochs:g} epoch(s) = {spec.steps} steps", file=sys.stderr)
+    if keep_checkpoints is not None and keep_checkpoints < 0:
+        raise ValueError(f"--keep-checkpoints must be >= 0, got {keep_checkpoints}")
     rec = run_finetune(spec, out, threads=threads, progress=not quiet,
-                       checkpoint_every=checkpoint_every)
+                       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints)
     if rec.get("rank", 0) != 0:  # under torchrun only rank 0 reports
         return
     m = rec["metrics"]

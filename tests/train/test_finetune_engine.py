@@ -311,3 +311,27 @@ def test_cli_lora_one_with_muon_options(ft_env, tmp_path, capsys):
         "lora_one", 0.05, "exact_thin", "lora_balanced", 1, 32, 2, 2)
     assert [s for s, _ in doc["curves"]["diag_l2_drift"]] == [1, 2]
     assert "diagnostics_lora" in doc
+
+
+# --- bounded disk ------------------------------------------------------------------------------
+def test_finished_runs_keep_only_the_checkpoints_asked_for(ft_env, tmp_path, muon_run):
+    spec = _spec(ft_env, diag_every=2)
+    rec = finetune(spec, tmp_path / "none", progress=False, checkpoint_every=1,
+                   keep_checkpoints=0)
+    assert not (tmp_path / "none" / "ckpt").exists()
+    assert rec["metrics"] == muon_run["metrics"]  # deleting changes nothing measured
+    finetune(spec, tmp_path / "one", progress=False, checkpoint_every=1, keep_checkpoints=1)
+    assert [p.name for p in (tmp_path / "one" / "ckpt").glob("step-*")] == ["step-0000004"]
+
+
+def test_a_kill_while_checkpoints_are_deleted_leaves_a_correct_run(ft_env, tmp_path):
+    """The record is written before the checkpoints go: a run killed in between is finished
+    (its rerun returns the same record and completes the deletion), never resumed from a
+    half-deleted checkpoint."""
+    out = tmp_path / "r"
+    rec = finetune(_spec(ft_env), out, progress=False, checkpoint_every=2)  # keeps them all
+    for f in sorted((out / "ckpt").rglob("*.safetensors"))[:1]:  # a deletion cut short
+        f.unlink()
+    again = finetune(_spec(ft_env), out, progress=False, keep_checkpoints=0)
+    assert again["resumed"] == "already finished" and again["metrics"] == rec["metrics"]
+    assert not (out / "ckpt").exists()

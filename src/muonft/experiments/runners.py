@@ -74,11 +74,12 @@ def get_runner(kind: str) -> Runner:
 
 def finetune_runner(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Run the fine-tuning skeleton for a RunSpec in ``run_dir`` (resumes there on rerun); any
-    model family (``kind: vision`` is the same runner under its older name)."""
+    model family (``kind: vision`` is the same runner under its older name). Its checkpoints
+    are deleted once the run has finished (sweeps keep results, not weights)."""
     if spec.model is not None:
         raise ConfigError(f"model: fine-tuning takes its model from init, got model "
                           f"{spec.model!r}; remove it from the spec")
-    return finetune(spec, run_dir, progress=False)
+    return finetune(spec, run_dir, progress=False, keep_checkpoints=0)
 
 
 def pretrain_runner(spec: RunSpec, run_dir: Path) -> dict[str, Any]:

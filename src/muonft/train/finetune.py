@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import math
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,15 @@ def as_spec(spec: RunSpec | dict[str, Any]) -> RunSpec:
 
 def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None = None,
              progress: bool = True, checkpoint_every: int = 50, device: str | None = None,
-             parallel: str | None = None) -> dict[str, Any]:
+             parallel: str | None = None, keep_checkpoints: int | None = None
+             ) -> dict[str, Any]:
     """Run (or resume, or return the finished) fine-tuning of ``spec`` in ``out``; returns
     the ``result.json`` record (module docstring). ``device``: ``auto`` (CUDA when
-    available) or a torch device; not part of the spec, so a run may resume elsewhere."""
+    available) or a torch device; not part of the spec, so a run may resume elsewhere.
+    ``keep_checkpoints``: once ``result.json`` holds the finished record, keep the newest N
+    checkpoints of ``out/ckpt`` (0 deletes the directory; ``None`` keeps what the loop keeps,
+    the last two). A finished run never reads them again, so a kill while they are deleted
+    leaves a correct run."""
     spec = as_spec(spec)
     source, task = resolve(spec)
     block = block_size_of(spec, source, task)
@@ -87,9 +93,12 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
+    if keep_checkpoints is not None and keep_checkpoints < 0:
+        raise ConfigError(f"keep_checkpoints must be >= 0, got {keep_checkpoints}")
     out = Path(out)
     prev = previous_result(out, spec)
     if prev is not None:
+        prune_checkpoints(out / "ckpt", keep_checkpoints)  # a kill may have stopped it
         return prev
     if dd.world_size_from_env() > 1:
         if not getattr(source, "distributed", False):
@@ -105,11 +114,25 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
     try:
         dd.check_batch(spec.batch_size, ctx)
         record = _run(spec, out, source, task, block, ctx, progress, checkpoint_every)
+        if ctx.main and record["status"] in ("done", "diverged"):
+            prune_checkpoints(out / "ckpt", keep_checkpoints)
     except BaseException:
         dd.teardown(ctx, wait=False)
         raise
     dd.teardown(ctx)
     return record
+
+
+def prune_checkpoints(ckpt: Path, keep: int | None) -> None:
+    """Keep the newest ``keep`` checkpoints of a finished run (all when ``None``, the
+    directory removed when 0)."""
+    if keep is None or not ckpt.is_dir():
+        return
+    if keep == 0:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return
+    for old in sorted(ckpt.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def previous_result(out: Path, spec: RunSpec) -> dict[str, Any] | None:
