@@ -68,3 +68,32 @@ def test_golden_result(env, name, tmp_path):
         assert k in old_curves or k.startswith(ADDED_CURVES), k
     assert set(rec["metrics"]) - set(golden["metrics"]) <= ADDED_METRICS
     assert _close(rec, golden) == []
+
+
+@pytest.mark.parametrize("name", ["gpt_lora_muon", "bert_full_muon", "llama_full_muon",
+                                  "vit_full_muon"])
+def test_a_killed_run_resumes_to_the_golden_result(env, name, tmp_path, monkeypatch):
+    """Each family, killed after step 5 and resumed from its step-4 checkpoint, ends with
+    the uninterrupted run's record (weights, evaluations, curves, update RMS)."""
+    from muonft.train import finetune as skeleton
+
+    root, e = env
+    golden = json.loads((GOLDEN / "golden.json").read_text().replace("{root}", str(root)))[name]
+    spec = RunSpec.from_options(**case_options(name, e))
+    real_train = skeleton.train
+
+    def killed_after_5(*args, on_step, **kw):
+        def hook(step, loss):
+            out = on_step(step, loss)
+            if step == 5:
+                raise KeyboardInterrupt("killed")
+            return out
+        return real_train(*args, on_step=hook, **kw)
+
+    monkeypatch.setattr(skeleton, "train", killed_after_5)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(spec, tmp_path / name, progress=False, checkpoint_every=4)
+    monkeypatch.setattr(skeleton, "train", real_train)
+    rec = finetune(spec, tmp_path / name, progress=False, checkpoint_every=4)
+    assert rec["timings"]["steps_this_session"] == 2  # steps 5 and 6 again, from step 4
+    assert _close(comparable(rec), golden) == []
