@@ -117,18 +117,36 @@ def finetune(
 # --- optim.partition -------------------------------------------------------------------------
 @app.command()
 def inspect(
-    model: str = typer.Option("tiny", help="Model preset (tiny, small, d12, d20, vit-tiny, "
-                              "vit-small)."),
+    model: str = typer.Option(None, help="Model preset (tiny, small, d12, d20, vit-tiny, "
+                              "vit-small; default tiny)."),
+    init: str = typer.Option(None, help="A model to fine-tune instead of a preset: a pretrain "
+                             "checkpoint, minilm, smollm2 or hf:<path-or-id>."),
+    task: str = typer.Option(None, help="With --init: the task (picks the model head; default "
+                             "the family's)."),
     lora_rank: int = typer.Option(0, help="Add LoRA adapters of this rank first (0 = none)."),
 ) -> None:
-    """Print every trainable parameter, its shape, its optimizer group and the rule behind it."""
+    """Print every trainable parameter, its shape, its optimizer group (Muon or AdamW) and the
+    rule behind it, with the optimizer state it costs."""
+    import torch
+
+    from muonft.adapters import LoRASpec, apply_lora
     from muonft.models import build_gpt, build_vit
     from muonft.optim import partition_parameters
+    from muonft.train.plugins import block_size_of, resolve, spec_from_options
 
-    m = build_vit(model) if model.startswith("vit-") else build_gpt(model)
+    if lora_rank < 0:
+        raise ValueError(f"--lora-rank must be >= 0, got {lora_rank}")
+    if init is not None and model is not None:
+        raise ValueError("give --model or --init, not both")
+    if init is not None:
+        spec = spec_from_options(init=init, task=task)
+        source, kind = resolve(spec)
+        m = source.load(spec, kind.kind, block_size_of(spec, source, kind),
+                        torch.device("cpu")).model
+    else:
+        model = model or "tiny"
+        m = build_vit(model) if model.startswith("vit-") else build_gpt(model)
     if lora_rank:
-        from muonft.adapters import LoRASpec, apply_lora
-
         m = apply_lora(m, LoRASpec(rank=lora_rank, alpha=2.0 * lora_rank))
     print(partition_parameters(m).table())
 

@@ -9,6 +9,7 @@ matrices and go to Muon. Frozen parameters are left out entirely.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,6 +55,14 @@ class Partition:
             lines.append(f"{r.name:<{w}}  {'x'.join(map(str, r.shape)):<16} {r.group:<6} {r.rule}")
         n_m = sum(r.group == "muon" for r in self.rows)
         lines.append(f"{n_m} Muon, {len(self.rows) - n_m} AdamW parameters")
+        size = {g: sum(math.prod(r.shape) for r in self.rows if r.group == g)
+                for g in ("muon", "adamw")}
+        mib = 2.0**20
+        # fp32 optimizer state: Muon keeps one momentum buffer, AdamW two moments
+        state = 4 * size["muon"] + 8 * size["adamw"]
+        lines.append(f"{size['muon']:,} Muon + {size['adamw']:,} AdamW entries; optimizer "
+                     f"state {state / mib:.2f} MiB (all-AdamW: "
+                     f"{8 * (size['muon'] + size['adamw']) / mib:.2f} MiB)")
         return "\n".join(lines)
 
 
