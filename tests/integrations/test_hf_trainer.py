@@ -69,6 +69,20 @@ def test_partition_of_a_bert_classifier(bert_dir):
         create_optimizer(model, lr=0)
 
 
+def test_adamw_groups_take_their_own_lr_and_weight_decay(bert_dir):
+    model, _, _ = _model_and_data(bert_dir, n=2)
+    opt = create_optimizer(model, lr=3e-3, weight_decay=0.1, adamw_lr=1e-3,
+                           adamw_weight_decay=0.01)
+    by_name = {n: g for g in opt.param_groups for n in g["names"]}
+    muon = by_name["bert.encoder.layer.0.attention.self.query.weight"]
+    head = by_name["classifier.weight"]
+    assert (muon["use_muon"], muon["lr"], muon["weight_decay"]) == (True, 3e-3, 0.1)
+    assert (head["use_muon"], head["lr"], head["weight_decay"]) == (False, 1e-3, 0.01)
+    assert by_name["classifier.bias"]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="adamw_lr must be > 0"):
+        create_optimizer(model, adamw_lr=-1.0)
+
+
 def test_trainer_with_our_optimizer_lowers_the_loss(bert_dir, tmp_path):
     from transformers import Trainer
 

@@ -34,11 +34,14 @@ from muonft.optim import Muon, Partition, partition_parameters
 
 
 def muon_param_groups_hf(model: nn.Module, weight_decay: float = 0.0, *,
+                         adamw_weight_decay: float | None = None,
                          adamw_names: Iterable[str] = (), muon_names: Iterable[str] = ()
                          ) -> tuple[list[dict[str, Any]], Partition]:
     """Param groups for :class:`Muon` from the automatic partition, with the AdamW group split
-    into decayed (embeddings, heads) and undecayed (norms, biases) parameters; also returns the
-    :class:`~muonft.optim.Partition` (its ``table()`` says why each parameter went where)."""
+    into decayed (embeddings, heads: ``adamw_weight_decay``, default ``weight_decay``) and
+    undecayed (norms, biases) parameters; also returns the :class:`~muonft.optim.Partition`
+    (its ``table()`` says why each parameter went where)."""
+    adamw_wd = weight_decay if adamw_weight_decay is None else adamw_weight_decay
     part = partition_parameters(model, adamw_names=adamw_names, muon_names=muon_names)
     norm = {r.name for r in part.rows if r.rule == "norm"}
     groups: list[dict[str, Any]] = []
@@ -49,7 +52,7 @@ def muon_param_groups_hf(model: nn.Module, weight_decay: float = 0.0, *,
         items = list(zip(g["names"], g["params"]))
         no_decay = [(n, p) for n, p in items if p.ndim < 2 or n in norm]
         decay = [(n, p) for n, p in items if not (p.ndim < 2 or n in norm)]
-        for items, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        for items, wd in ((decay, adamw_wd), (no_decay, 0.0)):
             if items:
                 groups.append({"params": [p for _, p in items], "names": [n for n, _ in items],
                                "use_muon": False, "weight_decay": wd})
@@ -57,20 +60,29 @@ def muon_param_groups_hf(model: nn.Module, weight_decay: float = 0.0, *,
 
 
 def create_optimizer(model: nn.Module, lr: float = 2e-4, *, weight_decay: float = 0.0,
+                     adamw_lr: float | None = None, adamw_weight_decay: float | None = None,
                      adamw_names: Iterable[str] = (), muon_names: Iterable[str] = (),
                      **muon_options: Any) -> Muon:
     """Our :class:`Muon` for ``model`` (a ``transformers`` model, a PEFT model, any module).
 
-    ``lr`` is the learning rate of the Muon groups and, unless ``adamw_lr`` is given, of the
-    AdamW groups (with the default ``scale="match_adamw_rms"`` one LR serves both);
+    ``lr`` / ``weight_decay`` are those of the Muon groups (the hidden matrices); the AdamW
+    groups (embeddings, head, norms, biases) take ``adamw_lr`` / ``adamw_weight_decay``,
+    defaulting to the same values. With the default ``scale="match_adamw_rms"`` a Muon step has
+    the RMS of an AdamW step at the same lr, which makes one lr a sensible start, not the
+    optimum: tune Muon's lr on your task (the README records the optima we measured).
     ``muon_options`` go to :class:`Muon` (``scale``, ``orthogonalizer``, ``ns_steps``,
-    ``momentum``, ``adamw_lr``, ``adamw_betas``, ...). ``adamw_names`` / ``muon_names`` override
-    the partition by name pattern. The partition is kept as ``optimizer.partition``.
+    ``momentum``, ``adamw_betas``, ...). ``adamw_names`` / ``muon_names`` override the partition
+    by name pattern. The partition is kept as ``optimizer.partition``.
     """
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    groups, part = muon_param_groups_hf(model, weight_decay, adamw_names=adamw_names,
-                                        muon_names=muon_names)
+    if adamw_lr is not None and not adamw_lr > 0:
+        raise ValueError(f"adamw_lr must be > 0, got {adamw_lr}")
+    groups, part = muon_param_groups_hf(model, weight_decay,
+                                        adamw_weight_decay=adamw_weight_decay,
+                                        adamw_names=adamw_names, muon_names=muon_names)
+    if adamw_lr is not None:
+        muon_options["adamw_lr"] = adamw_lr
     if not groups:
         raise ValueError("the model has no trainable parameters (all requires_grad=False)")
     opt = Muon(groups, lr=lr, weight_decay=weight_decay, **muon_options)
