@@ -118,6 +118,23 @@ def test_true_mismatch_is_reproduced(tmp_path):
     assert set(full.edge) == {""}
 
 
+def test_each_mismatch_direction_has_its_own_rows(tmp_path):
+    """A one-way mismatch (AdamW-pretrained → Muon hurts, the other way helps as much) cancels
+    in the pooled row; the per-direction rows show both."""
+    frame, diag = _study(tmp_path, "synthetic:gap=0.3,gap_muon_pretrained=-0.3,noise=0.01")
+    v, t = _verdicts(frame, diag)
+    est = t.set_index("claim")["estimate"]
+    assert v["2.adamw"] == REPRODUCED and est["2.adamw"] == pytest.approx(0.3, abs=0.05)
+    assert v["2.muon"] == NOT_REPRODUCED and est["2.muon"] == pytest.approx(-0.3, abs=0.05)
+    assert abs(est["2"]) < 0.05  # pooled: the two directions cancel
+    assert "[pooled over both mismatch directions]" in t.set_index("claim").loc["2", "statement"]
+    assert {"2b.adamw", "2b.muon", "2c.adamw", "2c.muon", "4a.adamw", "4a.muon"} <= set(v)
+    assert v["4a.adamw"] == REPRODUCED
+    # with one pretrained model only, no direction rows: the pooled row is that direction
+    one = claims_table(frame[frame.pretrained == "adamw"], diag)
+    assert not any("." in c for c in one.claim)
+
+
 def test_reversed_mismatch_is_not_reproduced(tmp_path):
     frame, diag = _study(tmp_path, "synthetic:gap=-0.3,noise=0.01,spectral_gap=-2")
     v, _ = _verdicts(frame, diag)

@@ -199,21 +199,37 @@ def _lora_rank_choice(best: pd.DataFrame, rank: int = 8) -> int | None:
     return rank if rank in ranks else ranks[0]
 
 
-def claim_mismatch_full(best: pd.DataFrame) -> ClaimResult:
+DIRECTIONS = {"adamw": "AdamW-pretrained, fine-tuned with Muon",
+              "muon": "Muon-pretrained, fine-tuned with AdamW"}
+
+
+def _directed(claim: str, statement: str, pretrained: str | None) -> tuple[str, str]:
+    """Claim id and statement of one mismatch direction (``pretrained``), or of the row pooled
+    over both directions (``None``)."""
+    if pretrained is None:
+        return claim, f"{statement} [pooled over both mismatch directions]"
+    return f"{claim}.{pretrained}", f"{statement} [{DIRECTIONS[pretrained]}]"
+
+
+def claim_mismatch_full(best: pd.DataFrame, pretrained: str | None = None) -> ClaimResult:
     """Claim 2: under full fine-tuning the mismatched optimizer is worse than the matched one
-    (contrast: mean over pretrained models of badness(mismatched) − badness(matched))."""
-    st = "Mismatch hurts full fine-tuning (mismatched optimizer worse at its best LR)"
-    pairs = mismatch_pairs(best, "full")
+    (contrast: mean over pretrained models of badness(mismatched) − badness(matched)); one
+    direction only with ``pretrained`` (``adamw``: AdamW-pretrained → Muon)."""
+    claim, st = _directed("2", "Mismatch hurts full fine-tuning (mismatched optimizer worse "
+                          "at its best LR)", pretrained)
+    pairs = [p for p in mismatch_pairs(best, "full") if pretrained in (None, p[0])]
     if not pairs:
-        return _no_data("2", st, "full fine-tuning cells with both optimizers on a known init")
+        return _no_data(claim, st, "full fine-tuning cells with both optimizers on a known "
+                        "init")
     k = len(pairs)
     groups = [(badness(mis), 1 / k) for _, mis, _ in pairs] + \
              [(badness(mat), -1 / k) for _, _, mat in pairs]
     est, half, _ = contrast_ci(groups)
     parts = [f"{pre}-pretrained: {_mean_gap(mis, mat):+.4g}"
              for pre, mis, mat in pairs]
-    return _result("2", st, f"gap {est:+.4g} ({'; '.join(parts)}) in {pairs[0][1]['metric']}",
-                   est, half, f"{contrast_how(groups)} at each cell's best LR")
+    return _result(claim, st, f"gap {est:+.4g} ({'; '.join(parts)}) in "
+                   f"{pairs[0][1]['metric']}", est, half,
+                   f"{contrast_how(groups)} at each cell's best LR")
 
 
 WINDOW_TOL = 0.1  # an LR is "good" when it keeps ≥ 90% of the best run's improvement
@@ -249,27 +265,31 @@ def _seed_windows(g: pd.DataFrame, tol: float = WINDOW_TOL) -> tuple[list[float]
     return widths, centres
 
 
-def claim_lr_window(frame: pd.DataFrame) -> list[ClaimResult]:
+def claim_lr_window(frame: pd.DataFrame, pretrained: str | None = None) -> list[ClaimResult]:
     """Claim 2, second half: under the mismatch the good-LR window narrows (2b) and moves to
     smaller LRs (2c). For each fine-tuning optimizer the same optimizer's full-FT cells are
     compared across pretrained models (mismatched − matched; its LR scale is the same in both):
-    window width in decades and log10 of the best LR, per seed, Welch contrast over seeds."""
-    st_w = "Mismatch narrows the good-LR window (full FT; width in decades, mismatched − matched)"
-    st_c = "Mismatch moves the best LR left (full FT; log10 best LR, mismatched − matched)"
+    window width in decades and log10 of the best LR, per seed, Welch contrast over seeds. One
+    direction only with ``pretrained`` (``adamw``: Muon fine-tuning, AdamW- vs Muon-pretrained
+    model)."""
+    id_w, st_w = _directed("2b", "Mismatch narrows the good-LR window (full FT; width in "
+                           "decades, mismatched − matched)", pretrained)
+    id_c, st_c = _directed("2c", "Mismatch moves the best LR left (full FT; log10 best LR, "
+                           "mismatched − matched)", pretrained)
     need = "full-FT cells of one optimizer on both AdamW- and Muon-pretrained models, ≥2 LRs"
     if frame is None or frame.empty or "target" not in frame:
-        return [_no_data("2b", st_w, need), _no_data("2c", st_c, need)]
+        return [_no_data(id_w, st_w, need), _no_data(id_c, st_c, need)]
     full = frame[(frame.method == "full") & frame.pretrained.isin(["adamw", "muon"])]
     wg, cg, parts = [], [], []
     pairs = []
     for opt, g in full.groupby("optimizer"):
         by_pre = {pre: gg for pre, gg in g.groupby("pretrained")}
-        if {"adamw", "muon"} <= set(by_pre):
-            mis = "muon" if opt == "adamw" else "adamw"
+        mis = "muon" if opt == "adamw" else "adamw"  # the model this optimizer mismatches
+        if {"adamw", "muon"} <= set(by_pre) and pretrained in (None, mis):
             pairs.append((opt, _seed_windows(by_pre[mis]), _seed_windows(by_pre[opt])))
     pairs = [p for p in pairs if p[1][0] and p[2][0]]
     if not pairs:
-        return [_no_data("2b", st_w, need), _no_data("2c", st_c, need)]
+        return [_no_data(id_w, st_w, need), _no_data(id_c, st_c, need)]
     k = len(pairs)
     for opt, (w_mis, c_mis), (w_mat, c_mat) in pairs:
         wg += [(w_mis, 1 / k), (w_mat, -1 / k)]
@@ -280,14 +300,16 @@ def claim_lr_window(frame: pd.DataFrame) -> list[ClaimResult]:
     ec, hc, _ = contrast_ci(cg)
     how = (f"per-seed window (LRs keeping ≥{100 * (1 - WINDOW_TOL):.0f}% of the best gain), "
            f"Welch contrast")
-    return [_result("2b", st_w, "; ".join(parts), ew, hw, how, sign=-1),
-            _result("2c", st_c, "; ".join(parts), ec, hc, how, sign=-1)]
+    return [_result(id_w, st_w, "; ".join(parts), ew, hw, how, sign=-1),
+            _result(id_c, st_c, "; ".join(parts), ec, hc, how, sign=-1)]
 
 
-def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
+def claim_lora_mitigates(best: pd.DataFrame, pretrained: str | None = None) -> ClaimResult:
     """Claim 4a: the mismatch gap under LoRA (rank 8, or the smallest rank) is smaller than
-    under full fine-tuning: contrast gap_full − gap_lora."""
-    st = "LoRA mitigates the mismatch (gap under LoRA smaller than under full)"
+    under full fine-tuning: contrast gap_full − gap_lora; one direction only with
+    ``pretrained``."""
+    claim, st = _directed("4a", "LoRA mitigates the mismatch (gap under LoRA smaller than "
+                          "under full)", pretrained)
     rank = _lora_rank_choice(best)
     lora = best[(best.method == "lora") & (best["lora.rank"] == rank)] if rank else best[:0]
     if "lora.variant" in lora:
@@ -295,9 +317,10 @@ def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
     full_pairs = {pre: (mis, mat) for pre, mis, mat in mismatch_pairs(best, "full")}
     lora_pairs = {pre: (mis, mat) for pre, mis, mat in mismatch_pairs(lora, "lora")} \
         if len(lora) else {}
-    common = sorted(set(full_pairs) & set(lora_pairs))
+    common = sorted(p for p in set(full_pairs) & set(lora_pairs) if pretrained in (None, p))
     if not common:
-        return _no_data("4a", st, "full and LoRA cells with both optimizers on the same init")
+        return _no_data(claim, st, "full and LoRA cells with both optimizers on the same "
+                        "init")
     k, groups = len(common), []
     for pre in common:
         (fm, ft), (lm, lt) = full_pairs[pre], lora_pairs[pre]
@@ -306,7 +329,7 @@ def claim_lora_mitigates(best: pd.DataFrame) -> ClaimResult:
     est, half, _ = contrast_ci(groups)
     gf = np.mean([_mean_gap(*full_pairs[p]) for p in common])
     gl = np.mean([_mean_gap(*lora_pairs[p]) for p in common])
-    return _result("4a", st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
+    return _result(claim, st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
                    f"difference {est:+.4g}", est, half, f"{contrast_how(groups)}, two gaps")
 
 
@@ -562,10 +585,16 @@ def claims_table(frame: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.Da
     best = best_lr_table(frame)
     if best.empty:
         return pd.DataFrame(columns=cols)
-    rows = [claim_mismatch_full(best), *claim_lr_window(frame),
+    # each mismatch direction gets its own rows when both were measured (a one-way mismatch
+    # would cancel out in the pooled row); with one direction the pooled row is that one
+    both = {p for p, _, _ in mismatch_pairs(best, "full")} == {"adamw", "muon"}
+    dirs = ("adamw", "muon") if both else ()
+    rows = [claim_mismatch_full(best), *(claim_mismatch_full(best, d) for d in dirs),
+            *claim_lr_window(frame), *(r for d in dirs for r in claim_lr_window(frame, d)),
             claim_disruption(frame, "l2_drift", "3a", "L2 drift"),
             claim_disruption(frame, "forgetting", "3b", "forgetting"),
-            claim_lora_mitigates(best), claim_gap_grows_with_rank(best),
+            claim_lora_mitigates(best), *(claim_lora_mitigates(best, d) for d in dirs),
+            claim_gap_grows_with_rank(best),
             *claim_variants(best),
             claim_spectral(best, frame, diag, "stable_rank", "6a"),
             claim_spectral(best, frame, diag, "spectral_entropy", "6b")]

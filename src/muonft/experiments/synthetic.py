@@ -16,7 +16,8 @@ and ``test = target + 0.02``, ``forgetting = 0.05·(lr/lr*)·(1 + 5·mismatch)``
 ``update_rms`` proportional to lr, ``cosine_to_init = 1 − l2_drift²/2``, stable rank /
 spectral entropy of ΔW higher for Muon by ``spectral_gap``. The pretraining optimizer is read
 from ``init`` (``…muon…`` → Muon, else AdamW).
-Parameters come from ``task = "synthetic[:key=value,…]"``: ``gap`` (0.1), ``noise`` (0.01),
+Parameters come from ``task = "synthetic[:key=value,…]"``: ``gap`` (0.1; of the Muon-pretrained
+direction too unless ``gap_muon_pretrained`` is given), ``noise`` (0.01),
 ``curvature`` (0.5), ``diverge_lr`` (1.0), ``spectral_gap`` (2.0), ``sleep`` (seconds per run, 0),
 ``crash_lr`` (raise RuntimeError at this lr), ``hard_crash_lr`` (the process exits at this lr).
 """
@@ -30,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULTS = {"gap": 0.1, "noise": 0.01, "curvature": 0.5, "diverge_lr": 1.0,
-            "spectral_gap": 2.0, "sleep": 0.0, "crash_lr": -1.0, "hard_crash_lr": -1.0}
+DEFAULTS = {"gap": 0.1, "gap_muon_pretrained": math.nan, "noise": 0.01, "curvature": 0.5,
+            "diverge_lr": 1.0, "spectral_gap": 2.0, "sleep": 0.0, "crash_lr": -1.0,
+            "hard_crash_lr": -1.0}
 GROUPS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_in", "mlp_out")
 
 
@@ -71,9 +73,10 @@ def synthetic_runner(spec: Any, run_dir: Path) -> dict[str, Any]:
     pre = "muon" if "muon" in spec.init.lower() else "adamw"
     x_star = (-2.0 if opt == "muon" else -2.5) + (0.5 if method == "lora" else 0.0)
     mism = 0.0
+    gap = p["gap_muon_pretrained"] if pre == "muon" and not math.isnan(
+        p["gap_muon_pretrained"]) else p["gap"]
     if opt != pre:
-        mism = p["gap"] if method == "full" else \
-            p["gap"] * math.log2(spec.lora.rank) / math.log2(512)
+        mism = gap if method == "full" else gap * math.log2(spec.lora.rank) / math.log2(512)
     if spec.lora.variant != "lora" and method == "lora":
         mism += 0.01  # variants: slightly worse, never better
     x = math.log10(lr)
