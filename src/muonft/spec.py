@@ -40,6 +40,17 @@ WITHIN_CELL_AXES = ("lr", "seed")
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_as_numbers(cls, data: Any) -> Any:
+        """``true`` is not a number (pydantic would read it as 1.0); integer fields are
+        strict already."""
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and f.annotation in (float, float | None):
+                    raise ValueError(f"{name}: expected a number, got {data[name]!r}")
+        return data
+
 
 class LoRAConfig(_Strict):
     """LoRA adapter settings (ignored, and hashed away, when ``method`` is ``full``).
@@ -49,7 +60,7 @@ class LoRAConfig(_Strict):
     gradient); ``targets``: module name patterns or layer groups (default: every attention and
     MLP matrix)."""
 
-    rank: int = Field(8, gt=0)
+    rank: int = Field(8, gt=0, strict=True)
     alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
     dropout: float = Field(0.0, ge=0, lt=1)
     variant: Literal["lora", "rslora", "pissa", "dora", "olora", "lora_one"] = "lora"
@@ -67,7 +78,7 @@ class MuonConfig(_Strict):
     scale: str = Field("match_adamw_rms", min_length=1)
     orthogonalizer: Literal["ns5", "polar_express", "gram_ns", "gram_polar_express",
                             "exact_thin", "svd", "exact", "auto"] = "polar_express"
-    ns_steps: int = Field(5, gt=0)
+    ns_steps: int = Field(5, gt=0, strict=True)
     momentum: float = Field(0.95, ge=0, lt=1)
     nesterov: bool = True
     adamw_lr_ratio: float = Field(1.0, gt=0, allow_inf_nan=False)
@@ -99,22 +110,22 @@ class RunSpec(_Strict):
     optimizer: Literal["adamw", "muon"] = "muon"
     method: Literal["full", "lora"] = "full"
     lr: float = Field(gt=0, le=1e4, allow_inf_nan=False)
-    steps: int = Field(200, ge=0)
-    batch_size: int = Field(16, gt=0)
-    block_size: int | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0, lt=2**63)
-    warmup: int = Field(10, ge=0)
+    steps: int = Field(200, ge=0, strict=True)
+    batch_size: int = Field(16, gt=0, strict=True)
+    block_size: int | None = Field(None, gt=0, strict=True)
+    seed: int = Field(0, ge=0, lt=2**63, strict=True)
+    warmup: int = Field(10, ge=0, strict=True)
     schedule: Literal["constant", "cosine", "linear"] = "cosine"
     weight_decay: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
-    eval_every: int = Field(50, ge=0)
-    eval_batches: int = Field(10, gt=0)
+    eval_every: int = Field(50, ge=0, strict=True)
+    eval_batches: int = Field(10, gt=0, strict=True)
     lora: LoRAConfig = LoRAConfig()
     muon: MuonConfig = MuonConfig()
-    update_rank: int | None = Field(None, gt=0)
+    update_rank: int | None = Field(None, gt=0, strict=True)
     max_drift: float | None = Field(None, gt=0, allow_inf_nan=False)
     lora_muon: Literal["independent", "joint"] | None = None
-    diag_every: int = Field(0, ge=0)
+    diag_every: int = Field(0, ge=0, strict=True)
 
     @model_validator(mode="after")
     def _check_constraints(self) -> RunSpec:

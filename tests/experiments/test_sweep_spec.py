@@ -84,3 +84,14 @@ def test_load_sweep_spec_yaml_errors(tmp_path):
     p.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_sweep_spec(p)
+
+
+def test_huge_grids_and_booleans_are_refused_before_expansion():
+    huge = {"name": "h", "base": {"kind": "synthetic", "task": "synthetic", "lr": 0.1},
+            "grid": {"steps": list(range(1, 1001)), "lora.rank": list(range(1, 1001))}}
+    with pytest.raises(ConfigError, match=r"grid: 1,000,000 runs exceed the cap of 100,000"):
+        parse_sweep_spec(huge)
+    with pytest.raises(ConfigError, match=r"base.steps: Input should be a valid integer"):
+        parse_sweep_spec({"name": "b", "base": {"steps": True, "lr": 0.1}})
+    with pytest.raises(ConfigError, match="lr: expected a number, got True"):
+        parse_sweep_spec({"name": "b", "base": {"lr": True}})

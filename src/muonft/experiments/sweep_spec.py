@@ -62,7 +62,7 @@ class AdaptiveConfig(_Strict):
     times per direction. ``lr_factor`` None → the ratio of the cell's two nearest grid LRs."""
 
     enabled: bool = True
-    max_extensions: int = Field(2, ge=0)
+    max_extensions: int = Field(2, ge=0, strict=True)
     lr_factor: float | None = Field(None, gt=1)
     metric: str = "target"
 
@@ -77,8 +77,8 @@ class SweepSpec(_Strict):
     grid: dict[str, list[Any] | dict[str, list[Any]]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     adaptive: AdaptiveConfig = AdaptiveConfig()
-    workers: int | None = Field(None, ge=0)
-    threads: int | None = Field(None, gt=0)
+    workers: int | None = Field(None, ge=0, strict=True)
+    threads: int | None = Field(None, gt=0, strict=True)
 
     @field_validator("grid")
     @classmethod
@@ -182,11 +182,27 @@ def parse_sweep_spec(data: Any, source: str = "sweep spec") -> SweepSpec:
         RunSpec.model_validate(base)
     except ValidationError as e:
         raise ConfigError(f"{source}: {format_validation_error(e, 'base')}") from None
+    n = grid_size(sweep)
+    if n > MAX_RUNS:
+        raise ConfigError(f"{source}: grid: {n:,} runs exceed the cap of {MAX_RUNS:,}; split the "
+                          f"sweep or use fewer values per axis")
     try:
         expand(sweep)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return sweep
+
+
+MAX_RUNS = 100_000
+
+
+def grid_size(sweep: SweepSpec) -> int:
+    """An upper bound of the runs of ``sweep`` (before duplicates are merged): the product of
+    the axes' lengths, the longest LR list and the seeds — computed without expanding."""
+    n = len(sweep.seeds)
+    for values in sweep.grid.values():
+        n *= max(map(len, values.values())) if isinstance(values, dict) else len(values)
+    return n
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:
