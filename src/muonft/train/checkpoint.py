@@ -30,9 +30,11 @@ into shards — so a run resumes at another world size and under another paralle
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -201,7 +203,7 @@ class Checkpoint:
         import torch.distributed.checkpoint as dcp
 
         path = self.dir / "dcp"
-        meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        meta = safe_reader(path).read_metadata().state_dict_metadata
         targets = {f"model.{k}": v for k, v in model.state_dict().items()}
         missing = sorted(k for k in targets if k not in meta)
         if missing:
@@ -226,7 +228,7 @@ class Checkpoint:
                 dev = "cpu" if len(md.size) == 0 else local_shard(p).device
                 targets[key] = torch.zeros(tuple(md.size), dtype=dtype, device=dev)
             opt_keys.append(key)
-        dcp.load(targets, checkpoint_id=str(path))
+        dcp.load(targets, checkpoint_id=str(path), storage_reader=safe_reader(path))
         model.load_state_dict({k[len("model."):]: targets[k] for k in targets
                                if k.startswith("model.")}, strict=True)
         groups = self.state["optimizer_groups"]
@@ -401,12 +403,12 @@ def _read_dcp(path: Path, keep) -> dict[str, torch.Tensor]:
     (read in this process alone, with or without a process group)."""
     import torch.distributed.checkpoint as dcp
 
-    meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    meta = safe_reader(path).read_metadata().state_dict_metadata
     out = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in meta.items()
            if keep(k) and hasattr(m, "size")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process"
-        dcp.load(out, checkpoint_id=str(path), no_dist=True)
+        dcp.load(out, checkpoint_id=str(path), no_dist=True, storage_reader=safe_reader(path))
     return out
 
 
@@ -429,3 +431,67 @@ def _distribute_full(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     state = {i: {k: like(v, flat[i]) if isinstance(v, torch.Tensor) and i < len(flat) else v
                  for k, v in st.items()} for i, st in osd["state"].items()}
     return weights, {**osd, "state": state}
+
+
+# ---------------------------------------------------------------------------------------------
+# DCP metadata is a pickle: read it as data, never as code
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` admitting only the classes DCP writes there (its metadata
+    dataclasses and enums, torch dtypes/sizes/layouts, paths, plain containers). A checkpoint
+    directory may come from anyone; a crafted ``.metadata`` whose pickle names any other
+    callable (``os.system``, ``builtins.eval`` …) is refused instead of run."""
+
+    _BUILTINS = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range"})
+    _PATHS = frozenset({"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if self._admitted(module, name):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP metadata")
+
+    def _admitted(self, module: str, name: str) -> bool:
+        if module == "torch.distributed.checkpoint.metadata":
+            return not name.startswith("__") and isinstance(
+                getattr(importlib.import_module(module), name, None), type)
+        if module == "torch.distributed.checkpoint.filesystem":
+            return name == "_StorageInfo"
+        if module == "torch":
+            return name == "Size" or isinstance(getattr(torch, name, None),
+                                                (torch.dtype, torch.layout, torch.memory_format))
+        if module == "torch.serialization":
+            return name == "_get_layout"
+        if module == "pathlib":
+            return name in self._PATHS
+        if module == "collections":
+            return name == "OrderedDict"
+        return module == "builtins" and name in self._BUILTINS
+
+
+def safe_reader(path: Path):
+    """A ``torch.distributed.checkpoint`` FileSystemReader of ``path`` whose metadata goes
+    through :class:`_MetadataUnpickler`; a refused or broken ``.metadata`` is one
+    CheckpointError line."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    class SafeFileSystemReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            meta_path = self._get_metadata_path(kwargs.get("rank"))
+            try:
+                with self.fs.create_stream(meta_path, "rb") as f:
+                    metadata = _MetadataUnpickler(f).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError,
+                    ValueError) as e:
+                raise CheckpointError(f"{meta_path} is not DCP metadata ({e}); refusing to read "
+                                      f"this checkpoint") from None
+            if not isinstance(metadata, Metadata):
+                raise CheckpointError(f"{meta_path} holds a {type(metadata).__name__}, not DCP "
+                                      f"metadata; refusing to read this checkpoint")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeFileSystemReader(str(path))
+

@@ -1,0 +1,65 @@
+"""Untrusted checkpoint directories are data, never code (issue 19): a crafted DCP
+``.metadata`` pickle is refused with one line and its payload never runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from muonft.atomic import sha256_file
+from muonft.errors import CheckpointError
+from muonft.train.checkpoint import LATEST, SHARDED_LAYOUT, open_checkpoint
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted(tmp_path, metadata: bytes):
+    ckpt = tmp_path / "ckpt"
+    d = ckpt / "step-0000001"
+    (d / "dcp").mkdir(parents=True)
+    (d / "dcp" / ".metadata").write_bytes(metadata)
+    torch.save({"step": 1, "optimizer_groups": []}, d / "state.pt")
+    hashes = {n: sha256_file(d / n) for n in ("state.pt", "dcp/.metadata")}  # the attacker
+    (ckpt / LATEST).write_text(json.dumps({"dir": d.name, "step": 1, "layout": SHARDED_LAYOUT,
+                                           "sha256": hashes}))
+    return ckpt
+
+
+def test_a_crafted_dcp_metadata_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = _crafted(tmp_path, pickle.dumps(_Payload(str(marker))))
+    cp = open_checkpoint(ckpt)  # hashes match: whoever crafts the dir writes them too
+    with pytest.raises(CheckpointError, match=r"\.metadata is not DCP metadata .*os\.system|"
+                                              r"posix\.system"):
+        cp.full_weights()
+    assert not marker.exists()
+
+
+def test_a_pickle_of_plain_data_is_not_metadata_either(tmp_path):
+    ckpt = _crafted(tmp_path, pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="holds a dict, not DCP metadata"):
+        open_checkpoint(ckpt).full_weights()
+
+
+def test_real_dcp_metadata_still_loads(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from muonft.train.checkpoint import safe_reader
+
+    state = {"model.w": torch.randn(3, 2), "model.b": torch.randn(2).bfloat16()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    meta = safe_reader(tmp_path / "dcp").read_metadata().state_dict_metadata
+    assert set(meta) == {"model.w", "model.b"}
