@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
+from pathlib import Path
+
+import pytest
 
 from muonft.store import SCHEMA_VERSION, Store
 
@@ -118,3 +121,27 @@ def test_concurrent_claims_are_exclusive(tmp_path):
         p.join(60)
     assert sorted(got[0] + got[1]) == sorted(ids)  # every id claimed exactly once
     assert not set(got[0]) & set(got[1])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scribble"])
+def test_a_damaged_store_is_refused_with_one_line(tmp_path, capsys, damage):
+    import shutil
+
+    from muonft.cli import main
+    from muonft.errors import StoreError
+
+    fixture = Path(__file__).parent / "fixtures" / "store_v0" / "results.sqlite"
+    shutil.copy(fixture, tmp_path / "results.sqlite")
+    path = tmp_path / "results.sqlite"
+    if damage == "truncate":
+        path.write_bytes(b"")
+    else:  # a page of the b-trees overwritten, as a failing disk would
+        data = bytearray(path.read_bytes())
+        data[8192:12288] = bytes(range(256)) * 16
+        path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="move it away and run the sweep again"):
+        Store(tmp_path)
+    for cmd in (["runs", str(tmp_path)], ["report", str(tmp_path)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"results store {path}" in err[0], err

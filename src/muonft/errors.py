@@ -21,3 +21,7 @@ class CheckpointError(MuonftError):
 
 class ConfigError(MuonftError, ValueError):
     """A spec or config value is invalid; the message names the field and the allowed values."""
+
+
+class StoreError(MuonftError):
+    """The results store is damaged; the message names the file and how to rebuild it."""

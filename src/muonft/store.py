@@ -28,6 +28,8 @@ from typing import Any
 
 import pandas as pd
 
+from muonft.errors import StoreError
+
 STATUSES = ("queued", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged")
 DIAG_KINDS = ("weight", "update", "lora_A", "lora_B", "lora_BA")
@@ -120,20 +122,42 @@ class Store:
     def __init__(self, where: str | os.PathLike, *, create: bool = True,
                  timeout_s: float = 60.0) -> None:
         self.path = store_path(where)
-        if not self.path.exists():
+        existed = self.path.exists()
+        if not existed:
             if not create:
                 raise FileNotFoundError(f"no results store at {self.path}; run `muonft sweep` "
                                         f"with --out {self.path.parent} first")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._enable_wal(timeout_s)
-        # NORMAL under WAL survives any process crash (SIGKILL); only power loss may drop the
-        # last commits, which a sweep re-runs.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+        elif self.path.stat().st_size == 0:
+            raise self._damaged("is empty (0 bytes), so it was truncated")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            if existed:
+                self._check_integrity()
+            self._enable_wal(timeout_s)
+            # NORMAL under WAL survives any process crash (SIGKILL); only power loss may drop
+            # the last commits, which a sweep re-runs.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise
+            raise self._damaged(f"cannot be read ({e})") from None
+
+    def _damaged(self, what: str) -> StoreError:
+        return StoreError(f"results store {self.path} {what}; move it away and run the sweep "
+                          f"again with the same --out: finished runs are read back from their "
+                          f"{self.path.parent / 'runs'}/*/result.json")
+
+    def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (pages, records, indexes; linear in the file, ~ms for a study's
+        store): a scribbled or truncated file is refused instead of read."""
+        rows = self._db.execute("PRAGMA quick_check").fetchall()
+        if [tuple(r) for r in rows] != [("ok",)]:
+            raise self._damaged(f"is damaged ({rows[0][0]})")
 
     def _enable_wal(self, timeout_s: float) -> None:
         """Switch to WAL, retrying while another process holds the lock.
