@@ -23,6 +23,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -44,6 +45,7 @@ from rich.progress import (
 )
 
 from muonft.analysis.aggregate import best_lr_table, cell_label, runs_frame
+from muonft.errors import MuonftError
 from muonft.experiments.ray_executor import RayPool
 from muonft.experiments.run import call_runner, spec_label
 from muonft.experiments.runners import register_runner, runner_path
@@ -143,21 +145,28 @@ def _worker_main(idx: int, conn: Any, db_path: str, token: str, owner_pid: int,
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the executor decides on Ctrl-C
-    store = Store(db_path)
-    conn.send(("ready", idx, None, None, 0.0))
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:  # the executor is gone
-            break
-        if task is None:
-            break
-        rid, spec_json, path, run_dir = task
-        status, run_s = execute_run(
-            store, rid, spec_json, path, run_dir, token, owner_pid,
-            on_start=lambda rid=rid: conn.send(("start", idx, rid, None, 0.0)))
-        conn.send(("end", idx, rid, status, run_s))
-    store.close()
+    rid = None
+    try:
+        store = Store(db_path)
+        conn.send(("ready", idx, None, None, 0.0))
+        while True:
+            try:
+                task = conn.recv()
+            except EOFError:  # the executor is gone
+                break
+            if task is None:
+                break
+            rid, spec_json, path, run_dir = task
+            status, run_s = execute_run(
+                store, rid, spec_json, path, run_dir, token, owner_pid,
+                on_start=lambda rid=rid: conn.send(("start", idx, rid, None, 0.0)))
+            conn.send(("end", idx, rid, status, run_s))
+        store.close()
+    except (sqlite3.Error, OSError, MuonftError) as e:
+        # the store or the disk failed (full, read-only, damaged): every worker would fail the
+        # same way, so the executor stops the sweep instead of respawning workers
+        with contextlib.suppress(OSError):
+            conn.send(("fatal", idx, rid, f"{type(e).__name__}: {e}", 0.0))
 
 
 class _Heartbeat(threading.Thread):
@@ -357,6 +366,7 @@ class _Pool:
         self.conns: list[Any] = [None] * size
         self.wall_s = 0.0
         self.ready: set[int] = set()
+        self.deaths = 0  # worker deaths since a worker last got ready or finished a run
         for i in range(size):
             self._spawn(i)
 
@@ -392,10 +402,16 @@ class _Pool:
                 except (EOFError, OSError):
                     dead.append(i)
                     continue
+                if kind in ("ready", "end"):
+                    self.deaths = 0
                 if kind == "ready":  # start-up done (import, store open): idle, not overhead
                     self.ready.add(i)
                     if i not in assigned and i not in idle:
                         idle.append(i)
+                elif kind == "fatal":
+                    raise MuonftError(f"sweep stopped: a worker could not write the results "
+                                      f"store {self.db_path} ({status}); free space or fix the "
+                                      f"store, then rerun the sweep: finished runs are kept")
                 elif kind == "start":
                     display.start(rid, spec_label(specs[rid]))
                 elif kind == "end":
@@ -406,6 +422,11 @@ class _Pool:
                     display.end(rid)
                     idle.append(i)
             dead += [i for i, p in enumerate(self.procs) if not p.is_alive() and i not in dead]
+            self.deaths += len(dead)
+            if self.deaths > 3 * self.size:  # workers die before doing anything: stop
+                raise MuonftError(f"sweep stopped: {self.deaths} worker processes in a row died "
+                                  f"(last exit code {self.procs[dead[0]].exitcode}); rerun the "
+                                  f"sweep once the cause is fixed: finished runs are kept")
             for i in dead:
                 self._replace(i, assigned, idle, pending, specs, store, display, summary)
         self.wall_s += time.perf_counter() - t0
