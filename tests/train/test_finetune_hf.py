@@ -173,3 +173,28 @@ def test_baselines_are_cached_per_source_manifest_and_seed(tmp_cache, monkeypatc
     baselines("hf:/some/dir", 3)  # hf: inits are always measured
     baselines("hf:/some/dir", 3)
     assert len(calls) == 6
+
+
+def test_a_flipped_byte_in_a_cached_baseline_is_measured_again(tmp_cache):
+    """A failing disk flips a byte of a cached zero-shot: it is detected (sha256 recorded at
+    write) and measured again, never used (it changed a run's zero-shot silently before)."""
+    import torch
+
+    from muonft.train.baselines import cached_measurements
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"zero_shot": 7.94, "emb": torch.arange(8.0)}
+
+    key = {"weights": "w", "task": "t"}
+    assert cached_measurements(key, compute)["zero_shot"] == 7.94
+    (path,) = (tmp_cache / "baselines").iterdir()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # inside the tensor bytes, after the header
+    path.write_bytes(bytes(data))
+    again = cached_measurements(key, compute)
+    assert again["zero_shot"] == 7.94 and torch.equal(again["emb"], torch.arange(8.0))
+    assert len(calls) == 2
+    assert cached_measurements(key, compute)["zero_shot"] == 7.94 and len(calls) == 2

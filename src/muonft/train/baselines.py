@@ -6,8 +6,10 @@ evaluations per run. :func:`cached_measurements` stores them in
 ``$MUONFT_CACHE/baselines/<sha256 of the key>.safetensors`` (written atomically); the key must
 hold everything the values depend on — the recipes put in the weights' sha256 (or a
 sha-pinned source manifest), the evaluation data, sizes, seeds that shape the model, the
-device type and the library versions. A torn or foreign cache file is measured again and
-overwritten; an unwritable cache only costs the time to measure again.
+device type and the library versions. Each file records the sha256 of its tensors' bytes
+(safetensors metadata) and is verified before use: a torn, flipped or foreign cache file is
+measured again and overwritten, never read as a wrong number; an unwritable cache only costs
+the time to measure again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as to_bytes
 
@@ -35,18 +38,32 @@ def cached_measurements(key: dict[str, Any], compute: Callable[[], dict[str, Any
     path = cache_dir() / "baselines" / f"{digest[:24]}.safetensors"
     if path.exists():
         try:
-            return {k: (v if v.ndim else float(v)) for k, v in load_file(str(path)).items()}
+            with safe_open(str(path), "pt") as f:
+                recorded = (f.metadata() or {}).get("sha256")
+            tensors = load_file(str(path))
+            if recorded == tensors_digest(tensors):
+                return {k: (v if v.ndim else float(v)) for k, v in tensors.items()}
         except Exception:  # safetensors' own error on a torn or foreign file: measure again
             pass
     out = compute()
     tensors = {k: v.detach().cpu().contiguous() if isinstance(v, torch.Tensor)
                else torch.tensor(float(v), dtype=torch.float64) for k, v in out.items()}
     try:
-        blob = to_bytes(tensors)
+        blob = to_bytes(tensors, metadata={"sha256": tensors_digest(tensors)})
         atomic_write(path, lambda f: f.write(blob), mode="wb")
     except OSError:
         pass
     return out
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def array_digest(*arrays: Any) -> str:
