@@ -63,3 +63,33 @@ def test_real_dcp_metadata_still_loads(tmp_path):
         dcp.save(state, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
     meta = safe_reader(tmp_path / "dcp").read_metadata().state_dict_metadata
     assert set(meta) == {"model.w", "model.b"}
+
+
+def test_an_edited_step_in_latest_json_is_refused(ft_env, tmp_path):
+    """latest.json says step 5 (or 15) but the checkpoint holds step 10: resuming would give
+    another result, so it is refused with one line."""
+    from muonft.train.finetune import finetune
+
+    root, task = ft_env
+    spec = {"init": str(root / "pt"), "task": task, "steps": 12, "batch_size": 2,
+            "block_size": 16, "eval_every": 0, "eval_batches": 1, "warmup": 1}
+    out = tmp_path / "r"
+    finetune({**spec, "steps": 10}, out, progress=False, checkpoint_every=10)
+    (out / "result.json").unlink()  # as if killed after the step-10 checkpoint
+    latest = out / "ckpt" / LATEST
+    for edited in (5, 11):
+        doc = json.loads(latest.read_text())
+        latest.write_text(json.dumps({**doc, "step": edited}))
+        with pytest.raises(CheckpointError, match=f"latest.json says step {edited} but the "
+                                                  f"checkpoint holds step 10"):
+            finetune(spec, out, progress=False)
+
+
+def test_a_killed_save_leaves_no_temp_dir_behind_after_the_next_save(tmp_path):
+    from muonft.train.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / ".step-0000002.abc.tmp").mkdir()  # what a kill during a save leaves
+    save_checkpoint(ckpt, 4, {"w": torch.zeros(2)}, {"step": 4})
+    assert not list(ckpt.glob(".*.tmp"))

@@ -206,6 +206,10 @@ def _resume(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if found is None:
         return None
     step, state = found.step, found.state
+    saved = state.get("step", _dir_step(found.dir))  # the sidecar's own count (or the dir's)
+    if saved is not None and saved != step:
+        raise CheckpointError(f"checkpoint in {ckpt_dir}: latest.json says step {step} but the "
+                              f"checkpoint holds step {saved}; delete {ckpt_dir} to start over")
     saved_spec = state.get("spec")
     if spec is not None and saved_spec is not None and saved_spec != spec:
         diff = sorted(k for k in set(spec) | set(saved_spec) if spec.get(k) != saved_spec.get(k))
@@ -231,6 +235,13 @@ def _resume(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     _set_rng_state(state["rng"])
     run = state["run"]
     return RunState(step=step, **{k: run[k] for k in run if k in RunState.__dataclass_fields__})
+
+
+def _dir_step(d: Path) -> int | None:
+    """The step in a checkpoint directory's name (``step-0000010`` → 10), if it has one."""
+    head, _, num = d.name.partition("-")
+    num = num.split(".")[0]  # step-0000010.1: a second save at the same step
+    return int(num) if head == "step" and num.isdigit() else None
 
 
 def train(
@@ -383,7 +394,7 @@ def _save(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rs
         return
     run = asdict(rs)
     run.pop("step")
-    state = {"format": 2, "rng": _rng_state(),
+    state = {"format": 2, "step": rs.step, "rng": _rng_state(),
              "schedule": {**cfg.schedule_state(), "base_lrs": _base_lrs(optimizer),
                           "lr_multiplier": lr_multiplier(rs.step, cfg)},
              "spec": spec, "run": run}
