@@ -252,3 +252,49 @@ def test_constrained_table_compares_each_scheme_with_adamw_full():
     plain = without_constrained(frame)
     assert {scheme_of(r) for _, r in plain.iterrows()} == {"AdamW full", "Muon full"}
     assert constrained_table(plain).empty
+
+
+def test_holm_adjustment_against_a_hand_computed_example():
+    from muonft.analysis.verdicts import holm_adjust
+
+    # sorted p: 0.01, 0.02, 0.04 (m = 3) → 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04
+    assert holm_adjust([0.04, 0.01, math.nan, 0.02]) == pytest.approx(
+        [0.04, 0.03, math.nan, 0.04], nan_ok=True)
+    assert holm_adjust([0.5]) == [0.5] and holm_adjust([]) == []
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]  # capped at 1, monotone
+
+
+def test_p_value_matches_the_interval_it_came_from():
+    from muonft.analysis.verdicts import p_value_of
+
+    half = float(stats.t.ppf(0.975, 4))  # estimate 1 with se 1, df 4
+    assert p_value_of(1.0, half, 4.0) == pytest.approx(2 * stats.t.sf(1.0, 4))
+    assert p_value_of(half, half, 4.0) == pytest.approx(0.05)  # CI touching 0 ⇔ p = 0.05
+    assert p_value_of(0.3, 0.0, math.inf) == 0.0 and p_value_of(0.0, 0.0, math.inf) == 1.0
+    assert math.isnan(p_value_of(1.0, math.nan, 4.0))
+
+
+@pytest.mark.parametrize(("est", "half", "verdict"), [
+    (0.001, 0.001, "equivalent"), (0.0, 0.02, "inconclusive"), (0.05, 0.01, "not equivalent"),
+    (-0.05, 0.01, "not equivalent"), (0.009, 0.002, "inconclusive"), (math.nan, 0.1, "no data"),
+    (0.0, 0.0, "equivalent"),
+])
+def test_tost_decisions(est, half, verdict):
+    from muonft.analysis.verdicts import tost
+
+    assert tost(est, half, margin=0.01) == verdict
+
+
+def test_holm_and_equivalence_columns_of_the_claims_table(tmp_path):
+    """Claim 5 with variants that change nothing measurable: equivalent within the margin;
+    the sanity rows stay outside the Holm family."""
+    frame, diag = _study(tmp_path, "synthetic:gap=0.3,noise=0.0005", variants=("lora", "rslora"))
+    _, t = _verdicts(frame, diag)
+    t = t.set_index("claim")
+    assert t.loc["2", "holm"] == REPRODUCED and t.loc["2", "p_value"] < 0.05
+    assert t.loc["3a", "holm"] == ""  # sanity row: not in the family
+    assert t.loc["5 (rslora)", "equivalence"] in ("equivalent", "not equivalent",
+                                                 "inconclusive")
+    # the synthetic rslora is worse by exactly 0.01 nats: at the margin, never "equivalent"
+    assert t.loc["5 (rslora)", "equivalence"] != "equivalent"
+    assert "LoRA gap" in t.loc["4a", "equivalence"]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import stdtrit
+from scipy.special import stdtr, stdtrit
 
 from muonft.analysis.aggregate import best_lr_table, t_ci_halfwidth, without_constrained
 
@@ -52,6 +52,9 @@ class ClaimResult:
     resolvable: float
     verdict: str
     method: str
+    p_value: float = math.nan  # two-sided, of "no effect"
+    holm: str = ""  # the verdict after Holm's adjustment over the claims family
+    equivalence: str = ""  # TOST against ± margin, where the claim says "matches"/"no better"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,13 +136,69 @@ ZERO = 1e-12  # |estimate| below this is rounding noise of a zero effect (e.g. s
 
 
 def _result(claim: str, statement: str, measured: str, est: float, half: float,
-            method: str, sign: int = 1) -> ClaimResult:
+            method: str, sign: int = 1, df: float = math.nan) -> ClaimResult:
     if math.isfinite(est) and abs(est) < ZERO:
         est = 0.0  # a zero-spread, zero effect must not read as a tiny "significant" one
     if math.isfinite(half) and abs(half) < ZERO:
         half = 0.0
     return ClaimResult(claim, statement, measured, est, est - half, est + half, half,
-                       verdict_of(est, half, sign), method)
+                       verdict_of(est, half, sign), method, p_value_of(est, half, df))
+
+
+def p_value_of(est: float, half: float, df: float, level: float = 0.95) -> float:
+    """Two-sided p-value of "no effect" from an estimate, its ``level`` CI half-width and the
+    t distribution's degrees of freedom (``df`` = inf: normal); NaN when unknown. A zero-width
+    CI gives 0 (a non-zero estimate) or 1 (a zero one)."""
+    if not (math.isfinite(est) and math.isfinite(half)) or math.isnan(df):
+        return math.nan
+    if half == 0:
+        return 0.0 if est != 0 else 1.0
+    se = half / float(stdtrit(df, (1 + level) / 2)) if math.isfinite(df) else \
+        half / 1.959963984540054
+    return float(2 * stdtr(df if math.isfinite(df) else 1e9, -abs(est) / se))
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN entries are left out of the family and stay
+    NaN): with the m finite p sorted ascending, p̃₍ᵢ₎ = max_{j≤i} min(1, (m − j + 1)·p₍ⱼ₎)."""
+    idx = sorted((i for i, p in enumerate(p_values) if math.isfinite(p)),
+                 key=lambda i: p_values[i])
+    out, running = [math.nan] * len(p_values), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+EQUIVALENT, NOT_EQUIVALENT = "equivalent", "not equivalent"
+
+
+def tost(est: float, half90: float, margin: float) -> str:
+    """Two one-sided tests at α = 0.05 as a 90% CI: ``equivalent`` when est ± half90 lies
+    inside (−margin, margin), ``not equivalent`` when it lies wholly outside, else
+    ``inconclusive`` (``no data`` for a NaN estimate)."""
+    if not math.isfinite(est):
+        return NO_DATA
+    if not math.isfinite(half90):
+        return INCONCLUSIVE
+    lo, hi = est - half90, est + half90
+    if -margin < lo and hi < margin:
+        return EQUIVALENT
+    if lo >= margin or hi <= -margin:
+        return NOT_EQUIVALENT
+    return INCONCLUSIVE
+
+
+# Equivalence margins: the study's smallest reported effect (0.3 points of accuracy) and
+# 0.01 nats of loss (overridable per call).
+MARGINS = {"accuracy": 0.003, "loss": 0.01}
+
+
+def margin_for(row: pd.Series, margins: dict[str, float] | None = None) -> float:
+    """The equivalence margin of a best-LR row's metric (accuracy-like when higher is
+    better)."""
+    m = {**MARGINS, **(margins or {})}
+    return m["accuracy"] if bool(row["higher_is_better"]) else m["loss"]
 
 
 def _no_data(claim: str, statement: str, need: str) -> ClaimResult:
@@ -224,12 +283,12 @@ def claim_mismatch_full(best: pd.DataFrame, pretrained: str | None = None) -> Cl
     k = len(pairs)
     groups = [(badness(mis), 1 / k) for _, mis, _ in pairs] + \
              [(badness(mat), -1 / k) for _, _, mat in pairs]
-    est, half, _ = contrast_ci(groups)
+    est, half, df = contrast_ci(groups)
     parts = [f"{pre}-pretrained: {_mean_gap(mis, mat):+.4g}"
              for pre, mis, mat in pairs]
     return _result(claim, st, f"gap {est:+.4g} ({'; '.join(parts)}) in "
                    f"{pairs[0][1]['metric']}", est, half,
-                   f"{contrast_how(groups)} at each cell's best LR")
+                   f"{contrast_how(groups)} at each cell's best LR", df=df)
 
 
 WINDOW_TOL = 0.1  # an LR is "good" when it keeps ≥ 90% of the best run's improvement
@@ -296,12 +355,12 @@ def claim_lr_window(frame: pd.DataFrame, pretrained: str | None = None) -> list[
         cg += [(c_mis, 1 / k), (c_mat, -1 / k)]
         parts.append(f"{opt} FT: width {np.mean(w_mis):.2f} vs {np.mean(w_mat):.2f} dec, "
                      f"best lr 10^{np.mean(c_mis):.2f} vs 10^{np.mean(c_mat):.2f}")
-    ew, hw, _ = contrast_ci(wg)
-    ec, hc, _ = contrast_ci(cg)
+    ew, hw, dfw = contrast_ci(wg)
+    ec, hc, dfc = contrast_ci(cg)
     how = (f"per-seed window (LRs keeping ≥{100 * (1 - WINDOW_TOL):.0f}% of the best gain), "
            f"Welch contrast")
-    return [_result(id_w, st_w, "; ".join(parts), ew, hw, how, sign=-1),
-            _result(id_c, st_c, "; ".join(parts), ec, hc, how, sign=-1)]
+    return [_result(id_w, st_w, "; ".join(parts), ew, hw, how, sign=-1, df=dfw),
+            _result(id_c, st_c, "; ".join(parts), ec, hc, how, sign=-1, df=dfc)]
 
 
 def claim_lora_mitigates(best: pd.DataFrame, pretrained: str | None = None) -> ClaimResult:
@@ -326,11 +385,19 @@ def claim_lora_mitigates(best: pd.DataFrame, pretrained: str | None = None) -> C
         (fm, ft), (lm, lt) = full_pairs[pre], lora_pairs[pre]
         groups += [(badness(fm), 1 / k), (badness(ft), -1 / k), (badness(lm), -1 / k),
                    (badness(lt), 1 / k)]
-    est, half, _ = contrast_ci(groups)
+    est, half, df = contrast_ci(groups)
     gf = np.mean([_mean_gap(*full_pairs[p]) for p in common])
     gl = np.mean([_mean_gap(*lora_pairs[p]) for p in common])
-    return _result(claim, st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
-                   f"difference {est:+.4g}", est, half, f"{contrast_how(groups)}, two gaps")
+    r = _result(claim, st, f"gap full {gf:+.4g}, LoRA r={rank} {gl:+.4g}; "
+                f"difference {est:+.4g}", est, half, f"{contrast_how(groups)}, two gaps", df=df)
+    # "LoRA-Muon matches LoRA-AdamW": the LoRA gap itself within ± margin
+    lg = [(badness(lora_pairs[p][0]), 1 / k) for p in common] + \
+         [(badness(lora_pairs[p][1]), -1 / k) for p in common]
+    lest, _, _ = contrast_ci(lg)
+    margin = margin_for(lora_pairs[common[0]][0])
+    r.equivalence = f"LoRA gap {tost(lest, contrast_ci(lg, level=0.90)[1], margin)} " \
+                    f"(±{margin:g})"
+    return r
 
 
 def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
@@ -354,12 +421,12 @@ def claim_gap_grows_with_rank(best: pd.DataFrame) -> ClaimResult:
         for r, cr in zip(ranks, c):
             mis, mat = by_rank[r][pre]
             groups += [(badness(mis), cr / len(pres)), (badness(mat), -cr / len(pres))]
-    est, half, _ = contrast_ci(groups)
+    est, half, df = contrast_ci(groups)
     gaps = ", ".join(
         f"r{r}: {np.mean([_mean_gap(*by_rank[r][p]) for p in pres]):+.3g}"
         for r in ranks)
     return _result("4b", st, f"slope {est:+.4g} per doubling ({gaps})", est, half,
-                   f"{contrast_how(groups)} (least-squares slope)")
+                   f"{contrast_how(groups)} (least-squares slope)", df=df)
 
 
 def claim_variants(best: pd.DataFrame) -> list[ClaimResult]:
@@ -384,9 +451,13 @@ def claim_variants(best: pd.DataFrame) -> list[ClaimResult]:
             continue
         k = len(groups)
         cg = [(badness(v), 1 / k) for v, _ in groups] + [(badness(b), -1 / k) for _, b in groups]
-        est, half, _ = contrast_ci(cg)
-        out.append(_result(f"5 ({variant})", st, f"{variant} − lora {est:+.4g}", est, half,
-                           f"{contrast_how(cg)} at each cell's best LR"))
+        est, half, df = contrast_ci(cg)
+        margin = margin_for(groups[0][0])
+        r = _result(f"5 ({variant})", st, f"{variant} − lora {est:+.4g}", est, half,
+                    f"{contrast_how(cg)} at each cell's best LR; TOST margin ±{margin:g}",
+                    df=df)
+        r.equivalence = tost(est, contrast_ci(cg, level=0.90)[1], margin)
+        out.append(r)
     return out or [_no_data("5", st, "Muon LoRA cells with a variant and plain LoRA")]
 
 
@@ -466,9 +537,9 @@ def claim_spectral(best: pd.DataFrame, frame: pd.DataFrame, diag: pd.DataFrame, 
     if not groups:
         return _no_data(claim, st, "matched Muon/AdamW cells with update diagnostics")
     cg = [(v[0], 1 / n_pairs) for v in groups] + [(v[1], -1 / n_pairs) for v in groups]
-    est, half, _ = contrast_ci(cg)
+    est, half, df = contrast_ci(cg)
     return _result(claim, st, f"Muon − AdamW {est:+.4g} over {n_pairs} cell pair(s)", est,
-                   half, f"{contrast_how(cg)} at each cell's best LR")
+                   half, f"{contrast_how(cg)} at each cell's best LR", df=df)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,7 +669,17 @@ def claims_table(frame: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.Da
             *claim_variants(best),
             claim_spectral(best, frame, diag, "stable_rank", "6a"),
             claim_spectral(best, frame, diag, "spectral_entropy", "6b")]
+    family = [i for i, r in enumerate(rows) if r.claim not in SANITY_ROWS]
+    adjusted = holm_adjust([rows[i].p_value for i in family])
+    for i, p in zip(family, adjusted):
+        r = rows[i]
+        r.holm = r.verdict if r.verdict == NO_DATA or not math.isfinite(p) else \
+            (r.verdict if p < HOLM_ALPHA else INCONCLUSIVE)
     return pd.DataFrame([r.as_dict() for r in rows], columns=cols)
+
+
+HOLM_ALPHA = 0.05
+SANITY_ROWS = ("3a", "3b")  # "disruption grows with LR" holds for any optimizer: not a claim
 
 
 # ---------------------------------------------------------------------------------------------

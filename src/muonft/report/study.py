@@ -30,6 +30,8 @@ from muonft.analysis.aggregate import (
     without_constrained,
 )
 from muonft.analysis.verdicts import (
+    HOLM_ALPHA,
+    SANITY_ROWS,
     claims_table,
     constrained_table,
     mismatch_pairs,
@@ -438,9 +440,15 @@ def write_report(where: str | Path, sweep: str | None = None) -> Path:
           "claim predicts, `not reproduced` when it lies wholly on the other side, "
           "`inconclusive` when it contains 0 (the effect is smaller than `resolvable`, the CI "
           "half-width: the smallest effect these runs could resolve), `no data` when the runs "
-          "needed are missing. Metrics are oriented so that positive gaps mean worse.")
+          "needed are missing. Metrics are oriented so that positive gaps mean worse. "
+          f"`holm`: the verdict after Holm's step-down adjustment of the two-sided p-values "
+          f"over the family of claim rows (all rows but the sanity rows "
+          f"{', '.join(SANITY_ROWS)}) at α = {HOLM_ALPHA}. `equivalence`: two one-sided tests "
+          f"(90% CI inside ± margin) where a claim says \"matches\" or \"does not help\"; "
+          f"margins: 0.3 points of accuracy, 0.01 nats of loss. Rows 2, 2b, 2c and 4a are "
+          f"pooled over both mismatch directions; `.adamw` / `.muon` rows are one direction.")
     doc.table(claims[["claim", "statement", "measured", "estimate", "ci_low", "ci_high",
-                      "resolvable", "verdict", "method"]])
+                      "resolvable", "verdict", "p_value", "holm", "equivalence", "method"]])
 
     doc.h("Best learning rate per cell")
     if best.empty:
@@ -575,7 +583,7 @@ def write_index_report(where: str | Path, parts: dict[str, tuple[str, Path]],
             doc.p("No finished runs.")
         else:
             doc.table(claims[["claim", "measured", "estimate", "ci_low", "ci_high",
-                              "resolvable", "verdict"]])
+                              "resolvable", "verdict", "holm", "equivalence"]])
         ctab = constrained_table(frame)  # empty without constrained cells or runs
         if not ctab.empty:
             doc.p("Constrained-update Muon vs AdamW full fine-tuning (gaps > 0 are worse; "
