@@ -46,7 +46,8 @@ def finetune(
     seed: int = typer.Option(0, help="Seed of batches and adapter init."),
     out: Path = typer.Option(..., help="Output directory (result.json, checkpoints)."),
     rank: int = typer.Option(None, help="LoRA rank (default 8)."),
-    alpha: float = typer.Option(None, help="LoRA alpha (default 16)."),
+    alpha: str = typer.Option(None, help="LoRA alpha (default 16), or 2r for alpha = 2 * rank "
+                              "(the study's rank sweeps)."),
     variant: str = typer.Option(None, help="LoRA variant: lora, rslora, pissa, dora, olora, "
                                 "lora_one."),
     dropout: float = typer.Option(None, help="LoRA dropout (default 0)."),
@@ -90,6 +91,11 @@ def finetune(
         raise ValueError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
+    if alpha is not None and alpha != "2r":
+        try:
+            alpha = float(alpha)
+        except ValueError:
+            raise ValueError(f"--alpha must be a number or 2r, got {alpha!r}") from None
     spec = spec_from_options(
         init=init, task=task, optimizer=optimizer, method=method, lr=lr, steps=steps,
         seed=seed, lora_rank=rank, lora_alpha=alpha, lora_variant=variant,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -46,8 +46,11 @@ class _Strict(BaseModel):
         """``true`` is not a number (pydantic would read it as 1.0); integer fields are
         strict already."""
         if isinstance(data, dict):
-            for name, f in cls.model_fields.items():
-                if isinstance(data.get(name), bool) and f.annotation in (float, float | None):
+            for name in cls.model_fields:
+                if isinstance(data.get(name), bool) and name in ("lr", "weight_decay",
+                                                                 "grad_clip", "max_drift",
+                                                                 "alpha", "dropout", "momentum",
+                                                                 "adamw_lr_ratio"):
                     raise ValueError(f"{name}: expected a number, got {data[name]!r}")
         return data
 
@@ -58,13 +61,19 @@ class LoRAConfig(_Strict):
     ``variant``: plain ``lora``, ``rslora`` (α/√r scaling), ``pissa`` / ``olora`` (SVD / QR
     initialisation), ``dora`` (weight decomposition) or ``lora_one`` (factors from the first
     gradient); ``targets``: module name patterns or layer groups (default: every attention and
-    MLP matrix)."""
+    MLP matrix). ``alpha``: a number, or ``"2r"`` (the study's rank sweeps: α = 2·rank, so the
+    scaling α/r is 2 at every rank)."""
 
     rank: int = Field(8, gt=0, strict=True)
-    alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Literal["2r"] = 16.0
     dropout: float = Field(0.0, ge=0, lt=1)
     variant: Literal["lora", "rslora", "pissa", "dora", "olora", "lora_one"] = "lora"
     targets: tuple[str, ...] | None = None
+
+    @property
+    def alpha_value(self) -> float:
+        """α as a number (2·rank under the ``"2r"`` rule)."""
+        return 2.0 * self.rank if self.alpha == "2r" else float(self.alpha)
 
 
 class MuonConfig(_Strict):

@@ -335,3 +335,21 @@ def test_a_kill_while_checkpoints_are_deleted_leaves_a_correct_run(ft_env, tmp_p
     again = finetune(_spec(ft_env), out, progress=False, keep_checkpoints=0)
     assert again["resumed"] == "already finished" and again["metrics"] == rec["metrics"]
     assert not (out / "ckpt").exists()
+
+
+def test_alpha_2r_gives_peft_a_scaling_of_2_at_every_rank(ft_env, tmp_path):
+    """The study ties α = 2r: the adapters PEFT builds scale BA by α/r = 2 at any rank."""
+    from muonft.adapters import apply_lora, lora_layers
+    from muonft.train.finetune import lora_spec
+
+    root, _ = ft_env
+    for rank in (1, 4, 32):
+        spec = spec_from_options(**_spec(ft_env, method="lora", lora_rank=rank,
+                                         lora_alpha="2r"))
+        assert spec.lora.alpha == "2r" and lora_spec(spec).alpha == 2.0 * rank
+        model = apply_lora(load_pretrained(root / "pt")[0], lora_spec(spec))
+        scales = {layer.scaling["default"] for layer in lora_layers(model).values()}
+        assert scales == {2.0}
+    rec = finetune(_spec(ft_env, method="lora", lora_rank=2, lora_alpha="2r", steps=1),
+                   tmp_path / "r", progress=False)
+    assert rec["spec"]["lora"]["alpha"] == "2r"

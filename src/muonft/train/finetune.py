@@ -158,7 +158,7 @@ def previous_result(out: Path, spec: RunSpec) -> dict[str, Any] | None:
 def lora_spec(spec: RunSpec) -> LoRASpec:
     """The adapters' config of a LoRA run."""
     c = spec.lora
-    return LoRASpec(rank=c.rank, alpha=c.alpha, dropout=c.dropout, variant=c.variant,
+    return LoRASpec(rank=c.rank, alpha=c.alpha_value, dropout=c.dropout, variant=c.variant,
                     targets=c.targets)
 
 
