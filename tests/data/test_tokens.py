@@ -80,3 +80,23 @@ def test_eval_batches_walk_the_split_in_order():
     assert starts == list(range(0, 990, 10))  # every full window once, non-overlapping
     assert len(list(eval_batches(tokens, 10, 4, max_batches=3))) == 3
     assert [x.tolist() for x, _ in eval_batches(tokens, 10, 4)] == [x.tolist() for x in xs]
+
+
+def test_a_damaged_token_cache_is_rebuilt_not_used(tmp_cache, tmp_path):
+    """A validation token cache truncated to 10 tokens used to give val_loss 0.0000: every
+    load checks the recorded sha256 and rebuilds a cache that differs."""
+    import numpy as np
+
+    from muonft.data import get_tokenizer, load_tokens
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"document {i} about the lord and the film" for i in range(80)))
+    tok = get_tokenizer(300, corpus=f"file:{corpus}")
+    whole = np.array(load_tokens(f"file:{corpus}", "val", tok))
+    (path,) = (tmp_cache / "tokens").glob("*-val-*.u16")
+    path.write_bytes(path.read_bytes()[:20])  # truncated to 10 tokens
+    assert np.array_equal(load_tokens(f"file:{corpus}", "val", tok), whole)
+    data = bytearray(path.read_bytes())
+    data[4] ^= 0x01  # one token edited
+    path.write_bytes(bytes(data))
+    assert np.array_equal(load_tokens(f"file:{corpus}", "val", tok), whole)

@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from muonft.atomic import atomic_write, atomic_write_text
+from muonft.atomic import atomic_write, atomic_write_text, sha256_file
 from muonft.data.corpora import cache_dir, corpus_cache_key, split_documents
 from muonft.errors import MuonftError
 
@@ -93,9 +93,15 @@ def _token_file(corpus: str, split: str, tok: Tokenizer) -> Path:
 
 
 def load_tokens(corpus: str, split: str, tok: Tokenizer) -> np.ndarray:
-    """One split of ``corpus`` as a uint16 memmap (built and cached on first use)."""
+    """One split of ``corpus`` as a uint16 memmap (built and cached on first use).
+
+    The cache records its sha256 beside it (``<file>.sha256``, written after the tokens) and is
+    checked on every load: a truncated, edited or unverifiable token file is rebuilt from the
+    (checksummed) corpus instead of feeding wrong windows to a run."""
     path = _token_file(corpus, split, tok)
-    if not path.exists():
+    digest = path.with_name(path.name + ".sha256")
+    if not (path.exists() and digest.exists() and
+            digest.read_text().strip() == sha256_file(path)):
         docs = split_documents(corpus, split)
         if not docs:
             raise MuonftError(f"split {split!r} of corpus {corpus!r} has no documents")
@@ -104,6 +110,7 @@ def load_tokens(corpus: str, split: str, tok: Tokenizer) -> np.ndarray:
         eos = tok.eos_id
         flat = np.concatenate([np.array([*doc, eos], dtype=np.uint16) for doc in ids])
         atomic_write(path, lambda f: f.write(flat.tobytes()), mode="wb")
+        atomic_write_text(digest, hashlib.sha256(flat.tobytes()).hexdigest())
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
