@@ -92,3 +92,19 @@ def test_real_mnist_and_digits(monkeypatch):
     t = images.load_task("mnist")
     assert (len(t.train), len(t.val), len(t.heldout)) == (4000, 500, 500)
     assert sorted(torch.bincount(t.train.y).tolist())[0] > 350  # every class present
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_image_cache_is_one_clear_error(monkeypatch, tmp_cache, damage):
+
+    fetch_fakes(monkeypatch)
+    path = images.image_path("mnist")
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF  # inside the image array: the zip's CRC-32 catches it
+    else:
+        data = data[: len(data) // 3]
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="unreadable or corrupt; run `muonft data fetch "
+                                            "mnist --force`"):
+        images.load_task("mnist")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import gzip
 import io
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +150,10 @@ def _load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path) as z:
             tag, x, y = str(z["source_sha256"]), z["x"], z["y"]
-    except (OSError, ValueError, KeyError):
-        raise ChecksumError(f"cached {path} is unreadable; run `muonft data fetch {name} "
-                            f"--force`") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        # a truncated or flipped file: the zip's CRC-32 of every member is checked on read
+        raise ChecksumError(f"cached {path} is unreadable or corrupt; run `muonft data fetch "
+                            f"{name} --force`") from None
     if tag != _source(name).sha256:
         raise ChecksumError(f"cached {path} was not made from the pinned {name} data; run "
                             f"`muonft data fetch {name} --force`")
