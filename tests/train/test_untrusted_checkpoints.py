@@ -93,3 +93,22 @@ def test_a_killed_save_leaves_no_temp_dir_behind_after_the_next_save(tmp_path):
     (ckpt / ".step-0000002.abc.tmp").mkdir()  # what a kill during a save leaves
     save_checkpoint(ckpt, 4, {"w": torch.zeros(2)}, {"step": 4})
     assert not list(ckpt.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("edit", ["list", "no_metrics", "other_spec"])
+def test_a_result_json_that_is_not_this_runs_record_is_refused(ft_env, tmp_path, edit):
+    from muonft.errors import ConfigError
+    from muonft.train.finetune import finetune
+
+    root, task = ft_env
+    spec = {"init": str(root / "pt"), "task": task, "steps": 0, "batch_size": 2,
+            "block_size": 16, "eval_batches": 1}
+    out = tmp_path / "r"
+    rec = finetune(spec, out, progress=False)
+    path = out / "result.json"
+    doc = {"list": [1, 2], "no_metrics": {"spec": rec["spec"], "status": "done"},
+           "other_spec": {**rec, "spec": {**rec["spec"], "lr": 0.5}}}[edit]
+    path.write_text(json.dumps(doc))
+    with pytest.raises((CheckpointError, ConfigError), match=r"not a finished record|different "
+                                                             r"spec"):
+        finetune(spec, out, progress=False)

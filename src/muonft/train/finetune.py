@@ -151,6 +151,12 @@ def previous_result(out: Path, spec: RunSpec) -> dict[str, Any] | None:
         raise ConfigError(f"{out} holds a run with a different spec (differs in {diff}); "
                           f"use another --out or delete it")
     if prev.get("status") in ("done", "diverged"):
+        shape = {"metrics": dict, "diagnostics": dict, "curves": dict}
+        bad = [k for k, t in shape.items() if not isinstance(prev.get(k), t)]
+        if bad or "target" not in prev["metrics"]:
+            raise CheckpointError(f"{path} says {prev['status']!r} but is not a finished record "
+                                  f"(no {', '.join(bad) or 'metrics.target'}); delete {out} to "
+                                  f"run it again")
         return {**prev, "resumed": "already finished"}
     return None
 
