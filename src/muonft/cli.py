@@ -68,6 +68,10 @@ def finetune(
     lora_muon: str = typer.Option(None, help="Muon with LoRA: independent (default) or joint "
                                   "(A, B stepped so the change of BA is orthogonalized)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every K steps."),
+    save_model: bool = typer.Option(True, "--save-model/--no-save-model",
+                                    help="Write the fine-tuned model (LoRA merged) to OUT/model: "
+                                    "an HF save_pretrained directory with its tokenizer, or a "
+                                    "checkpoint --init takes."),
     keep_checkpoints: int = typer.Option(None, help="Once the run has finished, keep its "
                                          "newest N checkpoints (0: delete them; default: the "
                                          "last two)."),
@@ -109,7 +113,8 @@ def finetune(
     if keep_checkpoints is not None and keep_checkpoints < 0:
         raise ValueError(f"--keep-checkpoints must be >= 0, got {keep_checkpoints}")
     rec = run_finetune(spec, out, threads=threads, progress=not quiet,
-                       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints)
+                       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                       save_model=save_model)
     if rec.get("rank", 0) != 0:  # under torchrun only rank 0 reports
         return
     m = rec["metrics"]

@@ -196,3 +196,19 @@ def test_zero_shot_and_pretraining_loss_are_measured_once_per_weights(ft_env, tm
     fresh = finetune({**spec, "lr": 1e-3, "block_size": 8}, tmp_path / "c", progress=False)
     assert len(calls) == 3 * n_run - 2  # other sizes: measured again
     assert fresh["metrics"]["zero_shot"] != a["metrics"]["zero_shot"]
+
+
+def test_the_saved_gpt_is_an_init_that_starts_where_the_run_ended(setup, tmp_path):
+    """OUT/model of a GPT run is a checkpoint --init takes: a run from it starts with the
+    zero-shot loss the first run ended with (LoRA merged in)."""
+    root = setup[0]
+    base = _spec(setup, eval_every=0)
+    for method in ("full", "lora"):
+        out = tmp_path / method
+        first = finetune({**base, "method": method}, out, progress=False, save_model=True)
+        assert json.loads((out / "model" / "config.json").read_text())["finetuned_from"] == \
+            str(root / "pt")
+        again = finetune({**base, "init": str(out / "model"), "steps": 0}, tmp_path / "again"
+                         / method, progress=False)
+        assert again["metrics"]["zero_shot"] == pytest.approx(first["metrics"]["target"],
+                                                              rel=1e-6)

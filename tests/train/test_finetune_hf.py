@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 
 from ft_data import write_text_tasks
 from hf_tiny import save_tiny_bert, save_tiny_llama
@@ -198,3 +199,45 @@ def test_a_flipped_byte_in_a_cached_baseline_is_measured_again(tmp_cache):
     assert again["zero_shot"] == 7.94 and torch.equal(again["emb"], torch.arange(8.0))
     assert len(calls) == 2
     assert cached_measurements(key, compute)["zero_shot"] == 7.94 and len(calls) == 2
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_saved_model_loads_with_from_pretrained_and_scores_the_same(tiny, general_corpus,
+                                                                        tmp_path, method):
+    """OUT/model is a save_pretrained directory (LoRA merged in) with the tokenizer: the model
+    AutoModelForSequenceClassification loads from it scores the held-out split exactly as the
+    run recorded."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from muonft.train.tasks import CLASSIFICATION
+
+    spec = spec_from_options(init=f"hf:{tiny['bert']}", task=tiny["task"], optimizer="muon",
+                             method=method, lr=1e-2, steps=4, batch_size=16, warmup=1,
+                             eval_every=0, lora_rank=4)
+    rec = finetune(spec, tmp_path / "r", progress=False, save_model=True)
+    model_dir = tmp_path / "r" / "model"
+    assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert not any("lora" in n for n, _ in model.named_parameters())  # merged
+    data = CLASSIFICATION.prepare(spec, Loaded(model, None, hf_tokenizer=tok), spec.block_size)
+    assert data.evaluate(model, "test")["test_accuracy"] == rec["metrics"]["test"]
+    assert data.evaluate(model, "val")["val_accuracy"] == rec["metrics"]["target"]
+
+
+def test_the_saved_causal_lm_has_the_recorded_test_loss(tiny, general_corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from muonft.train.tasks import LM
+
+    spec = spec_from_options(init=f"hf:{tiny['llama']}", task=tiny["target"], method="lora",
+                             lr=1e-2, steps=4, batch_size=4, block_size=16, warmup=1,
+                             eval_every=0, eval_batches=2, lora_rank=2)
+    rec = finetune(spec, tmp_path / "r", progress=False, save_model=True)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "r" / "model")
+    loaded = hf_family.SOURCE.load(spec, "lm", 16, torch.device("cpu"))
+    loaded.model = model
+    loaded.lm_loss = hf_family.causal_lm_loss
+    data = LM.prepare(spec, loaded, 16)
+    assert data.evaluate(model, "test")["test_loss"] == pytest.approx(rec["metrics"]["test"],
+                                                                      rel=1e-6)

@@ -40,6 +40,7 @@ from muonft.adapters import (
     LoRASpec,
     apply_lora,
     lora_pairs,
+    merge_and_unload,
     merge_lora,
     merged_state_dict,
     resolve_targets,
@@ -77,15 +78,17 @@ def as_spec(spec: RunSpec | dict[str, Any]) -> RunSpec:
 
 def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None = None,
              progress: bool = True, checkpoint_every: int = 50, device: str | None = None,
-             parallel: str | None = None, keep_checkpoints: int | None = None
-             ) -> dict[str, Any]:
+             parallel: str | None = None, keep_checkpoints: int | None = None,
+             save_model: bool = False) -> dict[str, Any]:
     """Run (or resume, or return the finished) fine-tuning of ``spec`` in ``out``; returns
     the ``result.json`` record (module docstring). ``device``: ``auto`` (CUDA when
     available) or a torch device; not part of the spec, so a run may resume elsewhere.
     ``keep_checkpoints``: once ``result.json`` holds the finished record, keep the newest N
     checkpoints of ``out/ckpt`` (0 deletes the directory; ``None`` keeps what the loop keeps,
     the last two). A finished run never reads them again, so a kill while they are deleted
-    leaves a correct run."""
+    leaves a correct run. ``save_model``: also write the fine-tuned model (LoRA merged) to
+    ``out/model`` in its family's loadable form (an HF ``save_pretrained`` directory with the
+    tokenizer; a checkpoint ``--init`` takes for our GPT and ViT)."""
     spec = as_spec(spec)
     source, task = resolve(spec)
     block = block_size_of(spec, source, task)
@@ -113,7 +116,8 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
     ctx = dd.setup(device, parallel)
     try:
         dd.check_batch(spec.batch_size, ctx)
-        record = _run(spec, out, source, task, block, ctx, progress, checkpoint_every)
+        record = _run(spec, out, source, task, block, ctx, progress, checkpoint_every,
+                      save_model)
         if ctx.main and record["status"] in ("done", "diverged"):
             prune_checkpoints(out / "ckpt", keep_checkpoints)
     except BaseException:
@@ -235,7 +239,8 @@ def _adapted(spec: RunSpec, loaded: Loaded, data: TaskData) -> torch.nn.Module:
 
 
 def _run(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin, block: int | None,
-         ctx: dd.DistContext, progress: bool, checkpoint_every: int) -> dict[str, Any]:
+         ctx: dd.DistContext, progress: bool, checkpoint_every: int, save_model: bool
+         ) -> dict[str, Any]:
     """One run on this process's rank of ``ctx`` (see :func:`finetune`)."""
     loaded, data = _prepare(spec, out, source, task, block, ctx)
     # what only the record needs is computed by rank 0 alone (on the plain model)
@@ -289,8 +294,25 @@ def _run(spec: RunSpec, out: Path, source: ModelSource, task: TaskPlugin, block:
         return {"spec": spec.model_dump(mode="json"), "status": result["status"],
                 "metrics": {}, "rank": ctx.rank}
     record = _record(spec, final_model, loaded, task, data, result, init, before, rms, opt)
+    if save_model and record["status"] == "done":
+        export_model(spec, source, loaded, final_model, out / "model")
     atomic_write_json(out / "result.json", record)
     return record
+
+
+def export_model(spec: RunSpec, source: ModelSource, loaded: Loaded, model: torch.nn.Module,
+                 directory: Path) -> None:
+    """The family's export of ``model`` with LoRA merged in (a copy: the trained adapters stay
+    as they are), written into a temp dir and renamed into place."""
+    if not hasattr(source, "export"):
+        raise ConfigError(f"the {source.name} family cannot export a model; run without "
+                          f"--save-model")
+    plain = merge_and_unload(model) if spec.method == "lora" else model
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    source.export(spec, plain, loaded, tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
 
 
 def weights(spec: RunSpec, model: torch.nn.Module) -> dict[str, torch.Tensor]:

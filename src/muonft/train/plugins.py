@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -131,6 +132,12 @@ class ModelSource(Protocol):
 
     def tokenizer(self, spec: RunSpec) -> Any:
         """The tokenizer a task reads with (without loading the weights where possible)."""
+        ...
+
+    def export(self, spec: RunSpec, model: nn.Module, loaded: Loaded, directory: Path) -> None:
+        """Optional: write the fine-tuned ``model`` (LoRA merged in) to ``directory`` in the
+        family's own loadable form (an HF ``save_pretrained`` directory with its tokenizer; a
+        checkpoint ``--init`` takes for ours)."""
         ...
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from muonft.atomic import sha256_file
+from muonft.atomic import atomic_write_json, sha256_file
 from muonft.data import cache_dir, get_tokenizer, load_lm_splits
 from muonft.errors import CheckpointError, DataMissingError
 from muonft.models import GPTConfig, build_gpt
 from muonft.spec import RunSpec
-from muonft.train.checkpoint import load_weights
+from muonft.train.checkpoint import load_weights, save_weights
 from muonft.train.memory import check_fits
 from muonft.train.plugins import Loaded
 from muonft.train.probes import LMProbe
@@ -91,6 +91,15 @@ def checkpoint_kind(init: str) -> str | None:
     return checkpoint_config(path).get("kind", "gpt")  # a corrupt one: CheckpointError
 
 
+def export_checkpoint(spec: RunSpec, model: torch.nn.Module, directory: Path) -> None:
+    """``model.safetensors`` + the init's ``config.json`` (with ``finetuned_from``): a
+    checkpoint that ``--init`` takes, like a pretrain output."""
+    cfg = checkpoint_config(resolve_init(spec.init))
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), directory / "model.safetensors")
+    atomic_write_json(directory / "config.json", {**cfg, "finetuned_from": spec.init})
+
+
 class GPTSource:
     name, tasks = "gpt", ("lm",)
     forms = "a `muonft pretrain` output dir or cache name (gpt-tiny-adamw-s0)"
@@ -107,6 +116,10 @@ class GPTSource:
 
     def tokenizer(self, spec: RunSpec):
         return _tokenizer(checkpoint_config(resolve_init(spec.init)))
+
+    def export(self, spec: RunSpec, model: torch.nn.Module, loaded: Loaded,
+               directory: Path) -> None:
+        export_checkpoint(spec, model, directory)
 
     def load(self, spec: RunSpec, task_kind: str, block_size: int | None,
              device: torch.device) -> Loaded:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -156,6 +157,17 @@ class HFSource:
                         spec.eval_batches, causal_lm_loss)
         return Loaded(model, probe, tokenizer=ltok, hf_tokenizer=tok, lm_loss=causal_lm_loss,
                       lm_eval_windows=EVAL_WINDOWS, train_head=True, identity=identity)
+
+    def export(self, spec: RunSpec, model: torch.nn.Module, loaded: Loaded,
+               directory: Path) -> None:
+        """A ``save_pretrained`` directory (safetensors) with the tokenizer: loadable with the
+        ``AutoModelFor*`` class of the task (``from_pretrained(directory)``)."""
+        inner = getattr(model, "model", model)  # the HF image wrapper holds the HF model
+        if not hasattr(inner, "save_pretrained"):
+            raise ConfigError(f"init: {spec.init} is not a transformers model; nothing to export")
+        inner.save_pretrained(directory, safe_serialization=True)
+        if loaded.hf_tokenizer is not None:
+            loaded.hf_tokenizer.save_pretrained(directory)
 
     def _image(self, spec: RunSpec, device: torch.device) -> Loaded:
         model = load_hf_image_classifier(spec.init, num_labels=NUM_CLASSES).to(device)

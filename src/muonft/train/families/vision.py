@@ -9,6 +9,7 @@ the pretraining task (MNIST) after − before, with accuracies and the class-tok
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,12 @@ from muonft.data.images import PRETRAIN_TASK, load_task
 from muonft.models import build_model
 from muonft.spec import RunSpec
 from muonft.train.checkpoint import load_weights
-from muonft.train.families.gpt import checkpoint_config, checkpoint_kind, resolve_init
+from muonft.train.families.gpt import (
+    checkpoint_config,
+    checkpoint_kind,
+    export_checkpoint,
+    resolve_init,
+)
 from muonft.train.plugins import Loaded
 from muonft.train.probes import ImageProbe
 
@@ -42,6 +48,10 @@ class ViTSource:
 
     def tokenizer(self, spec: RunSpec):
         return None
+
+    def export(self, spec: RunSpec, model: torch.nn.Module, loaded: Loaded,
+               directory: Path) -> None:
+        export_checkpoint(spec, model, directory)
 
     def load(self, spec: RunSpec, task_kind: str, block_size: int | None,
              device: torch.device) -> Loaded:
