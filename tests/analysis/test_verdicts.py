@@ -189,7 +189,9 @@ def test_lr_window_narrows_and_moves_left():
     assert w.claim == "2b" and w.verdict == REPRODUCED
     assert w.estimate == pytest.approx(-1, abs=0.01)
     assert c.claim == "2c" and c.verdict == REPRODUCED
-    assert c.estimate == pytest.approx(-0.5, abs=0.01)
+    # optima between grid points (parabola in log10 lr): mismatched 8, 5, 8 → −2.5;
+    # matched 8, 5, 5.1 at −2.5, −2, −1.5 → −2.25 + 6/12.4 = −1.766 (grid picks: −0.5)
+    assert c.estimate == pytest.approx(-2.5003 + 1.7661, abs=0.02)
     # the same curve on both models: no change (zero variance → CI of width 0 → inconclusive)
     w, c = claim_lr_window(_window_frame([9, 8, 5, 5.1, 5.2], [9, 8, 5, 5.1, 5.2]))
     assert w.estimate == 0 and w.verdict == INCONCLUSIVE and c.verdict == INCONCLUSIVE
@@ -298,3 +300,18 @@ def test_holm_and_equivalence_columns_of_the_claims_table(tmp_path):
     # the synthetic rslora is worse by exactly 0.01 nats: at the margin, never "equivalent"
     assert t.loc["5 (rslora)", "equivalence"] != "equivalent"
     assert "LoRA gap" in t.loc["4a", "equivalence"]
+
+
+def test_parabola_vertex_against_hand_computed_optima():
+    from muonft.analysis.verdicts import parabola_vertex
+
+    x = np.array([0.0, 1.0, 2.0])
+    # f = 1.5x² − 3.5x + 2 through (0, 2), (1, 0), (2, 1): vertex 3.5/3
+    assert parabola_vertex(x, np.array([2.0, 0.0, 1.0]), 1) == (pytest.approx(7 / 6), True)
+    assert parabola_vertex(x, np.array([1.0, 0.0, 1.0]), 1) == (pytest.approx(1.0), True)
+    # uneven spacing: f = (x − 1.2)² through x = 0, 1, 3
+    xs = np.array([0.0, 1.0, 3.0])
+    assert parabola_vertex(xs, (xs - 1.2) ** 2, 1)[0] == pytest.approx(1.2)
+    assert parabola_vertex(x, np.array([0.0, 1.0, 2.0]), 0) == (0.0, False)  # edge
+    assert parabola_vertex(x, np.array([1.0, 1.0, 1.0]), 1) == (1.0, False)  # flat
+    assert parabola_vertex(x, np.array([0.0, 0.0, np.inf]), 1) == (1.0, False)  # diverged

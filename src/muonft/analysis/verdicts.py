@@ -294,6 +294,22 @@ def claim_mismatch_full(best: pd.DataFrame, pretrained: str | None = None) -> Cl
 WINDOW_TOL = 0.1  # an LR is "good" when it keeps ≥ 90% of the best run's improvement
 
 
+def parabola_vertex(x: np.ndarray, f: np.ndarray, i: int) -> tuple[float, bool]:
+    """The minimiser of the parabola through the best point ``i`` and its two neighbours
+    (x: log10 LR, f: badness), clamped to [x[i−1], x[i+1]]; ``(x[i], False)`` when the fit is
+    unreliable: ``i`` at an edge of the grid, a non-finite neighbour, or a flat or concave
+    fit. The flag says whether the fit was used."""
+    if i == 0 or i == len(x) - 1 or not np.isfinite(f[i - 1:i + 2]).all():
+        return float(x[i]), False
+    (x0, x1, x2), (f0, f1, f2) = x[i - 1:i + 2], f[i - 1:i + 2]
+    d1, d2 = (f1 - f0) / (x1 - x0), (f2 - f1) / (x2 - x1)
+    curvature = (d2 - d1) / (x2 - x0)  # the parabola's leading coefficient
+    if not curvature > 0:
+        return float(x1), False
+    vertex = 0.5 * (x0 + x1) - d1 / (2 * curvature)
+    return float(min(max(vertex, x0), x2)), True
+
+
 def _seed_windows(g: pd.DataFrame, tol: float = WINDOW_TOL) -> tuple[list[float], list[float]]:
     """Per seed of one cell: (width of the good-LR window in decades, log10 of the best LR).
 
@@ -303,7 +319,7 @@ def _seed_windows(g: pd.DataFrame, tol: float = WINDOW_TOL) -> tuple[list[float]
     widths, centres = [], []
     hib = bool(g["higher_is_better"].iloc[0])
     for _, s in g.groupby("seed"):
-        s = s[s.status.isin(["done", "diverged"])]
+        s = s[s.status.isin(["done", "diverged"])].sort_values("lr")
         if s.lr.nunique() < 2:
             continue
         bad = np.where(s.status == "done", s["target"].astype(float) * (-1 if hib else 1),
@@ -312,7 +328,6 @@ def _seed_windows(g: pd.DataFrame, tol: float = WINDOW_TOL) -> tuple[list[float]
         i = int(np.argmin(bad))
         if not np.isfinite(bad[i]):
             continue
-        best_lr = float(s.lr.iloc[i])
         if zs is not None and np.isfinite(zs.iloc[i]):
             gain = zs.to_numpy() - bad
             ok = gain >= (1 - tol) * gain[i]
@@ -320,7 +335,9 @@ def _seed_windows(g: pd.DataFrame, tol: float = WINDOW_TOL) -> tuple[list[float]
             ok = bad <= bad[i] + tol * abs(bad[i])
         lrs = s.lr.to_numpy(dtype=float)[ok & np.isfinite(bad)]
         widths.append(float(np.log10(lrs.max()) - np.log10(lrs.min())))
-        centres.append(math.log10(best_lr))
+        # the optimum between grid points (a parabola in log LR), so equal grid picks do not
+        # give a zero-width CI; the grid point where the fit is unreliable
+        centres.append(parabola_vertex(np.log10(s.lr.to_numpy(dtype=float)), bad, i)[0])
     return widths, centres
 
 
