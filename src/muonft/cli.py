@@ -299,6 +299,9 @@ def data_list() -> None:
 # --- experiments.toy_bias ---------------------------------------------------------------------
 @app.command()
 def toy(
+    problem: str = typer.Option("regression", help="regression (under-determined least "
+                                "squares; the default) or classification (separable multiclass "
+                                "linear classification: max-margin implicit bias)."),
     seed: int = typer.Option(0, help="Seed of the (first) problem."),
     out: Path = typer.Option(Path("toy-out"), help="Output directory (toy.json + PNG figures)."),
     n: int = typer.Option(20, help="Number of equations (rows of X); must be < d."),
@@ -307,9 +310,11 @@ def toy(
     seeds: int = typer.Option(1, help="Run seeds seed..seed+K-1 and add an aggregate."),
     step_fraction: float = typer.Option(1e-4, help="Step size as a fraction of the needed "
                                         "change in each optimizer's own norm."),
+    steps: int = typer.Option(20000, help="Classification: iterations of each optimizer."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
-    """The toy implicit-bias experiment: which interpolant do GD, SignGD, Adam and Muon find?"""
+    """The toy implicit-bias experiment: which interpolant (regression) or which max-margin
+    classifier (classification) do GD, SignGD, Adam and Muon find?"""
     import time
 
     from rich.console import Console
@@ -318,10 +323,15 @@ def toy(
     from muonft.experiments.toy_bias import check_sizes, run_toy, toy_document
     from muonft.report.toy import summary_lines, write_toy_outputs
 
-    check_sizes(n, d, k)
+    if problem not in ("regression", "classification"):
+        raise ValueError(f"--problem must be regression or classification, got {problem!r}")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     console = Console(stderr=True, quiet=quiet)
+    if problem == "classification":
+        _toy_classification(seed, seeds, steps, out, console)
+        return
+    check_sizes(n, d, k)
     results, figs, t0 = [], [], time.perf_counter()
     for s in range(seed, seed + seeds):
         with console.status(f"seed {s}") as status:
@@ -339,6 +349,29 @@ def toy(
     print(path)
     for f in figs:
         print(f)
+
+
+def _toy_classification(seed: int, seeds: int, steps: int, out: Path, console) -> None:
+    from muonft.atomic import atomic_write_json
+    from muonft.experiments.toy_classification import (
+        classification_document,
+        run_classification_toy,
+    )
+    from muonft.report.toy import classification_lines, plot_classification
+
+    results = []
+    for s in range(seed, seed + seeds):
+        with console.status(f"seed {s}"):
+            results.append(run_classification_toy(s, steps=steps))
+        console.print(f"seed {s} done ({len(results)}/{seeds})")
+    doc = classification_document(results)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plot_classification(results[0], out / "toy_classification.png")
+    path = atomic_write_json(out / "toy.json", doc)
+    for line in classification_lines(doc):
+        console.print(line, highlight=False)
+    print(path)
+    print(fig)
 
 
 # --- experiments.sweep / store / report.study ---------------------------------------------------

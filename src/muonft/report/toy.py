@@ -117,3 +117,44 @@ def summary_lines(doc: dict) -> list[str]:
     lines.append(f"LoRA Adam-vs-Muon distance (seed {doc['problem']['seed']}): {by}; full "
                  f"{lora['full']['adam_vs_muon_dist']:.3f}")
     return lines
+
+
+def plot_classification(result: dict, path: Path) -> Path:
+    """Log-log curves of 1 − margin ratio (to the optimizer's own norm's optimum) and of the
+    direction distance over iterations, one line per optimizer (the classification toy)."""
+    plt = pyplot()
+    own = {"signgd": "linf", "muon": "spectral", "gd": "fro"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for opt, res in result["optimizers"].items():
+        norm = own.get(opt, "fro")
+        pts = res["curves"][f"margin_ratio_{norm}"]
+        axes[0].loglog([t for t, _ in pts], [max(1 - v, 1e-6) for _, v in pts], marker=".",
+                       label=f"{opt} (to the {norm} optimum)")
+        pts = res["curves"][f"direction_distance_{norm}"]
+        axes[1].loglog([t for t, _ in pts], [max(v, 1e-6) for _, v in pts], marker=".",
+                       label=f"{opt} ({norm})")
+    axes[0].set(xlabel="iteration", ylabel="1 − normalised margin / optimum",
+                title="Gap to the max-margin value")
+    axes[1].set(xlabel="iteration", ylabel="‖W/‖W‖ − W*/‖W*‖‖_F",
+                title="Distance to the max-margin direction")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"Separable {result['k']}-class linear classification, seed {result['seed']}")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def classification_lines(doc: dict) -> list[str]:
+    """The console summary of the classification toy: final margin ratios per optimizer
+    (mean and min over seeds)."""
+    lines = [f"separable classification, {len(doc['seeds'])} seed(s), {doc['steps']} steps: "
+             f"margin ratio to each norm's max-margin optimum (1 = optimal), mean (min)"]
+    for opt, keys in doc["summary"].items():
+        cells = ", ".join(f"{k.removeprefix('margin_ratio_')} {v['mean']:.3f} ({v['min']:.3f})"
+                          for k, v in keys.items())
+        lines.append(f"  {opt:7s} {cells}")
+    return lines
+
