@@ -68,10 +68,11 @@ def finetune(
     lora_muon: str = typer.Option(None, help="Muon with LoRA: independent (default) or joint "
                                   "(A, B stepped so the change of BA is orthogonalized)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every K steps."),
-    save_model: bool = typer.Option(True, "--save-model/--no-save-model",
+    save_model: bool = typer.Option(None, "--save-model/--no-save-model",
                                     help="Write the fine-tuned model (LoRA merged) to OUT/model: "
                                     "an HF save_pretrained directory with its tokenizer, or a "
-                                    "checkpoint --init takes."),
+                                    "checkpoint --init takes (default: when the model family "
+                                    "can)."),
     keep_checkpoints: int = typer.Option(None, help="Once the run has finished, keep its "
                                          "newest N checkpoints (0: delete them; default: the "
                                          "last two)."),

@@ -131,6 +131,9 @@ def test_reproduce_end_to_end_and_resume(tiny_preset, tmp_path):
         assert claim in text, claim
     assert "Claim 1: implicit bias" in text
     assert (out / "report" / "toy_norms.png").stat().st_size > 1000
+    # bounded disk: finished sweep runs keep their result.json, not their checkpoints
+    assert not list(out.glob("runs/*/ckpt")) and len(list(out.glob("runs/*/result.json"))) == 22
+    assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 100 * 2**20
     assert "<pre>" in (out / "report" / "report.html").read_text()
     for spec in out.glob("specs/*.yaml"):  # the written specs are valid `muonft sweep` input
         from muonft.experiments.sweep_spec import load_sweep_spec

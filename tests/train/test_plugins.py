@@ -64,3 +64,10 @@ def test_a_task_the_family_does_not_train_is_refused_before_anything_is_written(
         finetune(RunSpec(init="toy:0", task="toy-regression", lr=0.01, method="lora",
                          lora={"targets": ["attn_q"]}), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_asking_a_family_without_export_to_save_the_model_fails_up_front(tmp_path):
+    spec = plugins.spec_from_options(init="toy:0")
+    with pytest.raises(ConfigError, match="the toy family cannot export a model"):
+        finetune(spec, tmp_path / "o", save_model=True)
+    assert not (tmp_path / "o").exists()

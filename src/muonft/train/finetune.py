@@ -79,7 +79,7 @@ def as_spec(spec: RunSpec | dict[str, Any]) -> RunSpec:
 def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None = None,
              progress: bool = True, checkpoint_every: int = 50, device: str | None = None,
              parallel: str | None = None, keep_checkpoints: int | None = None,
-             save_model: bool = False) -> dict[str, Any]:
+             save_model: bool | None = False) -> dict[str, Any]:
     """Run (or resume, or return the finished) fine-tuning of ``spec`` in ``out``; returns
     the ``result.json`` record (module docstring). ``device``: ``auto`` (CUDA when
     available) or a torch device; not part of the spec, so a run may resume elsewhere.
@@ -88,7 +88,8 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
     the last two). A finished run never reads them again, so a kill while they are deleted
     leaves a correct run. ``save_model``: also write the fine-tuned model (LoRA merged) to
     ``out/model`` in its family's loadable form (an HF ``save_pretrained`` directory with the
-    tokenizer; a checkpoint ``--init`` takes for our GPT and ViT)."""
+    tokenizer; a checkpoint ``--init`` takes for our GPT and ViT); ``None``: when the model
+    family can export."""
     spec = as_spec(spec)
     source, task = resolve(spec)
     block = block_size_of(spec, source, task)
@@ -96,6 +97,11 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
+    can_export = hasattr(source, "export")
+    if save_model and not can_export:
+        raise ConfigError(f"the {source.name} family cannot export a model; run without "
+                          f"--save-model")
+    save_model = can_export if save_model is None else save_model
     if keep_checkpoints is not None and keep_checkpoints < 0:
         raise ConfigError(f"keep_checkpoints must be >= 0, got {keep_checkpoints}")
     out = Path(out)
@@ -304,9 +310,6 @@ def export_model(spec: RunSpec, source: ModelSource, loaded: Loaded, model: torc
                  directory: Path) -> None:
     """The family's export of ``model`` with LoRA merged in (a copy: the trained adapters stay
     as they are), written into a temp dir and renamed into place."""
-    if not hasattr(source, "export"):
-        raise ConfigError(f"the {source.name} family cannot export a model; run without "
-                          f"--save-model")
     plain = merge_and_unload(model) if spec.method == "lora" else model
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
