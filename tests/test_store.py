@@ -145,3 +145,33 @@ def test_a_damaged_store_is_refused_with_one_line(tmp_path, capsys, damage):
         assert main(cmd) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"results store {path}" in err[0], err
+
+
+def test_a_changed_number_inside_a_record_is_detected(tmp_path, capsys):
+    """A flipped byte inside a record passes SQLite's page checks; the per-run digest written
+    with each result catches it when the numbers are read (report, runs)."""
+    from muonft.cli import main
+    from muonft.errors import StoreError
+
+    st = Store(tmp_path)
+    st.record_result({"status": "done", "spec": {"kind": "synthetic", "lr": 0.1},
+                      "metrics": {"target": 2.5, "test": 2.6, "nan": float("nan")}},
+                     run_id="r1")
+    assert st.metrics().set_index("name").loc["target", "value"] == 2.5  # intact: reads
+    st._db.execute("UPDATE metrics SET value = 2.4 WHERE run_id='r1' AND name='target'")
+    with pytest.raises(StoreError, match=r"1 run record\(s\) whose numbers changed .*r1"):
+        st.metrics()
+    st.close()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "numbers changed since they were written" in capsys.readouterr().err
+
+
+def test_an_old_store_is_migrated_and_its_runs_still_read(tmp_path):
+    import shutil
+
+    shutil.copy(Path(__file__).parent / "fixtures" / "store_v0" / "results.sqlite",
+                tmp_path / "results.sqlite")
+    st = Store(tmp_path)
+    assert st.schema_version() == SCHEMA_VERSION == 2
+    assert len(st.metrics()) > 0  # runs without a digest are read as before
+    st.close()

@@ -16,6 +16,7 @@ never recorded half, and a stale executor cannot overwrite a newer one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -94,7 +95,12 @@ CREATE TABLE events (
 """
 
 # Ordered migrations; entry i brings the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: list[str] = [_SCHEMA_V1]
+MIGRATIONS: list[str] = [
+    _SCHEMA_V1,
+    # v2: a sha256 of each finished run's spec, status and metrics, checked on read (a flipped
+    # byte inside a record passes SQLite's page checks); NULL for runs stored before it
+    "ALTER TABLE runs ADD COLUMN digest TEXT",
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -102,6 +108,15 @@ def store_path(where: str | os.PathLike) -> Path:
     """``where`` itself if it names a ``.sqlite`` file, else ``where/results.sqlite``."""
     p = Path(where)
     return p if p.suffix in (".sqlite", ".db") else p / DB_NAME
+
+
+def row_digest(spec_json: str, status: str, metrics: Iterable[tuple[str, Any]]) -> str:
+    """sha256 of a finished run's stored spec, status and (name, value) metrics (in name
+    order; NaN and NULL both as null)."""
+    items = sorted((k, None if v is None or (isinstance(v, float) and v != v) else float(v))
+                   for k, v in metrics)
+    blob = json.dumps([spec_json, status, items], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _finite(v: Any) -> float | None:
@@ -338,8 +353,11 @@ class Store:
                      result.get("traceback")))
             for table in ("metrics", "curves", "diagnostics"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (rid,))
-            db.executemany("INSERT INTO metrics VALUES (?, ?, ?)",
-                           [(rid, k, _finite(v)) for k, v in metrics.items()])
+            rows = [(rid, k, _finite(v)) for k, v in metrics.items()]
+            db.executemany("INSERT INTO metrics VALUES (?, ?, ?)", rows)
+            spec_json = db.execute("SELECT spec FROM runs WHERE id=?", (rid,)).fetchone()[0]
+            db.execute("UPDATE runs SET digest=? WHERE id=?",
+                       (row_digest(spec_json, status, [(k, v) for _, k, v in rows]), rid))
             db.executemany("INSERT OR REPLACE INTO curves VALUES (?, ?, ?, ?)",
                            [(rid, name, int(step), _finite(v))
                             for name, pts in (result.get("curves") or {}).items()
@@ -382,9 +400,23 @@ class Store:
         return df
 
     def metrics(self, sweep: str | None = None):
-        """Long DataFrame (run_id, name, value) of scalar metrics."""
+        """Long DataFrame (run_id, name, value) of scalar metrics, each finished run's checked
+        against the digest recorded with it (StoreError naming the runs that differ)."""
         where, params = _where(sweep, None, col="run_id")
-        return self.frame(f"SELECT run_id, name, value FROM metrics{where}", params)
+        df = self.frame(f"SELECT run_id, name, value FROM metrics{where}", params)
+        self._check_digests(df)
+        return df
+
+    def _check_digests(self, metrics: pd.DataFrame) -> None:
+        runs = self.rows("SELECT id, spec, status, digest FROM runs WHERE digest IS NOT NULL")
+        by_run: dict[str, list[tuple[str, Any]]] = {}
+        for rid, name, value in metrics.itertuples(index=False):
+            by_run.setdefault(rid, []).append((name, None if pd.isna(value) else value))
+        bad = [r["id"] for r in runs if r["id"] in by_run and
+               row_digest(r["spec"], r["status"], by_run[r["id"]]) != r["digest"]]
+        if bad:
+            raise self._damaged(f"holds {len(bad)} run record(s) whose numbers changed since "
+                                f"they were written (first: {bad[0]})")
 
     def curves(self, run_ids: Iterable[str] | None = None):
         """Long DataFrame (run_id, name, step, value) of curves."""
