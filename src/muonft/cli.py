@@ -6,6 +6,7 @@ Every user-input error (``MuonftError``, ``ValueError``, ``FileNotFoundError``, 
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -467,6 +468,9 @@ def reproduce(
     print(res.report)
 
 
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
@@ -496,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, _user_error_types()):
             msg = " ".join(str(e).split())
             print(f"muonft: error: {msg}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:  # the disk, not a bug
+            print(f"muonft: error: cannot write: {e}; free space or fix the permissions, then "
+                  f"rerun (finished work and the last checkpoint are kept)", file=sys.stderr)
             return 2
         raise
     return 0

@@ -112,3 +112,30 @@ def test_a_result_json_that_is_not_this_runs_record_is_refused(ft_env, tmp_path,
     with pytest.raises((CheckpointError, ConfigError), match=r"not a finished record|different "
                                                              r"spec"):
         finetune(spec, out, progress=False)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(ft_env, tmp_path, monkeypatch,
+                                                             capsys):
+    import errno
+
+    from muonft.cli import main
+    from muonft.train import checkpoint, loop
+
+    root, task = ft_env
+    args = ["finetune", "--init", str(root / "pt"), "--task", task, "--steps", "4",
+            "--batch-size", "2", "--block-size", "16", "--eval-batches", "1",
+            "--checkpoint-every", "2", "--out", str(tmp_path / "r"), "--quiet"]
+    real = checkpoint.save_checkpoint
+
+    def full_at_4(ckpt_dir, step, *a, **kw):
+        if step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(ckpt_dir))
+        return real(ckpt_dir, step, *a, **kw)
+
+    monkeypatch.setattr(loop, "save_checkpoint", full_at_4)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    assert main(args) == 0  # resumes from the step-2 checkpoint
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "done"
