@@ -501,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(str(e).split())
             print(f"muonft: error: {msg}", file=sys.stderr)
             return 2
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+            print(f"muonft: error: out of memory during the run ({type(e).__name__}); lower "
+                  f"--batch-size or --block-size, then rerun (the last checkpoint is kept)",
+                  file=sys.stderr)
+            return 2
         if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:  # the disk, not a bug
             print(f"muonft: error: cannot write: {e}; free space or fix the permissions, then "
                   f"rerun (finished work and the last checkpoint are kept)", file=sys.stderr)

@@ -139,3 +139,34 @@ def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(ft_env, tmp_path, m
     monkeypatch.setattr(loop, "save_checkpoint", real)
     assert main(args) == 0  # resumes from the step-2 checkpoint
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "done"
+
+
+def test_out_or_ckpt_being_a_file_is_one_line(ft_env, tmp_path):
+    from muonft.errors import ConfigError
+    from muonft.train.finetune import finetune
+
+    root, task = ft_env
+    spec = {"init": str(root / "pt"), "task": task, "steps": 0}
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        finetune(spec, tmp_path / "f")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "ckpt").write_text("x")
+    with pytest.raises(ConfigError, match=r"ckpt is a file, not a directory"):
+        finetune(spec, tmp_path / "r")
+
+
+def test_running_out_of_memory_mid_run_is_one_line(ft_env, tmp_path, monkeypatch, capsys):
+    from muonft.cli import main
+    from muonft.train import finetune as skeleton
+
+    root, task = ft_env
+
+    def oom(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(skeleton, "train", oom)
+    assert main(["finetune", "--init", str(root / "pt"), "--task", task, "--steps", "2",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of memory during the run" in err[0]

@@ -105,6 +105,9 @@ def finetune(spec: RunSpec | dict[str, Any], out: Path, *, threads: int | None =
     if keep_checkpoints is not None and keep_checkpoints < 0:
         raise ConfigError(f"keep_checkpoints must be >= 0, got {keep_checkpoints}")
     out = Path(out)
+    for d in (out, out / "ckpt"):
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"{d} is a file, not a directory; use another --out")
     prev = previous_result(out, spec)
     if prev is not None:
         prune_checkpoints(out / "ckpt", keep_checkpoints)  # a kill may have stopped it
