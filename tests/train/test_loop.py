@@ -263,3 +263,25 @@ def test_device_helpers():
     x = torch.ones(2)
     b = to_device({"a": (x, [x]), "n": 3}, torch.device("cpu"))
     assert b["a"][0] is x and isinstance(b["a"][1], list) and b["n"] == 3
+
+
+def test_resuming_from_the_final_checkpoint_does_not_evaluate_twice(tmp_path):
+    """Killed after the final checkpoint but before the caller wrote its record: the rerun
+    restores the final state and adds no second evaluation point to the curves."""
+    import torch
+
+    from muonft.train.loop import TrainConfig, train
+
+    def run():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(8, 4), torch.randn(8, 1)
+        cfg = TrainConfig(steps=3, eval_every=0, checkpoint_every=0, progress=False)
+        return train(model, opt, lambda s: (x, y), cfg, ckpt_dir=tmp_path / "ckpt",
+                     loss_fn=lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(),
+                     eval_fn=lambda m: {"val_loss": float(((m(x) - y) ** 2).mean())})
+
+    first, again = run(), run()
+    assert again["curves"]["val_loss"] == first["curves"]["val_loss"]
+    assert len(first["curves"]["val_loss"]) == 1 and again["final"] == first["final"]

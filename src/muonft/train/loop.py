@@ -331,7 +331,11 @@ def train(
             if ckpt_dir is not None and cfg.checkpoint_every and \
                     rs.step % cfg.checkpoint_every == 0 and rs.step < cfg.steps:
                 _save(Path(ckpt_dir), model, optimizer, rs, cfg, spec)
-    if status == "done" and eval_fn is not None and \
+    # a run resumed from its final checkpoint (killed before its caller finished) was
+    # evaluated at this step already: evaluating again would add a second point to the curves
+    evaluated = bool(rs.last_eval) and all(
+        (rs.curves.get(k) or [[None]])[-1][0] == rs.step for k in rs.last_eval)
+    if status == "done" and eval_fn is not None and not evaluated and \
             (not cfg.eval_every or cfg.steps % cfg.eval_every or not rs.last_eval):
         _evaluate(model, eval_fn, rs, cfg, on_eval)
     if ckpt_dir is not None and status == "done" and rs.step != loaded_step:
