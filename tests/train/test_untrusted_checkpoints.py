@@ -91,6 +91,7 @@ def test_a_killed_save_leaves_no_temp_dir_behind_after_the_next_save(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / ".step-0000002.abc.tmp").mkdir()  # what a kill during a save leaves
+    (ckpt / ".latest.json.xyz.tmp").write_text("{")  # ... or during the pointer's rewrite
     save_checkpoint(ckpt, 4, {"w": torch.zeros(2)}, {"step": 4})
     assert not list(ckpt.glob(".*.tmp"))
 

@@ -136,8 +136,11 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict[str, torch.Tens
     final = ckpt_dir / name
     if final.exists():  # left by a save that was killed before its commit
         shutil.rmtree(final)
-    for stale in ckpt_dir.glob(".step-*.tmp"):  # temp dirs of saves killed midway
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in ckpt_dir.glob(".*.tmp"):  # temp dirs/files of saves killed midway
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=ckpt_dir))
     try:
         save_weights(model_state, tmp / "model.safetensors")
