@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from muonft.store import Store
@@ -58,3 +59,23 @@ def test_a_full_disk_stops_a_worker_sweep_and_it_resumes_after(tmp_path):
     rows = store.rows("SELECT status, COUNT(*) n FROM runs GROUP BY status")
     store.close()
     assert {tuple(x) for x in rows} == {("done", 6)}
+
+
+@pytest.mark.parametrize(("base", "msg"), [
+    ({"task": "lm:rt", "init": "/no/such/ckpt"}, "init: no model family claims '/no/such/ckpt'"),
+    ({"task": "nope", "init": "hf:/x"}, "task: unknown task 'nope'"),
+    ({"task": "lm:rt", "init": "hf:/x", "muon": {"scale": "huge"}},
+     "muon.scale: unknown scale rule 'huge'"),
+])
+def test_a_sweep_whose_runs_cannot_start_is_refused_before_anything_is_written(
+        tmp_path, capsys, base, msg):
+    from muonft.cli import main
+
+    spec = {"name": "bad", "base": {"kind": "finetune", **base}, "grid": {"lr": [0.01]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "p"), "--workers", "0",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "p").exists()

@@ -171,3 +171,23 @@ def test_running_out_of_memory_mid_run_is_one_line(ft_env, tmp_path, monkeypatch
                  "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out of memory during the run" in err[0]
+
+
+def test_a_flipped_bit_in_a_pretrained_model_is_refused(ft_env, tmp_path):
+    """A finished pretrain output records its weights' sha256; a flipped bit in
+    model.safetensors is refused instead of fine-tuned."""
+    import shutil
+
+    from muonft.train.finetune import finetune
+
+    root, task = ft_env
+    bad = tmp_path / "pt"
+    shutil.copytree(root / "pt", bad)
+    assert json.loads((bad / "run.json").read_text())["weights_sha256"]
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"does not match the sha256 its run\.json "
+                                              r"recorded"):
+        finetune({"init": str(bad), "task": task, "steps": 0}, tmp_path / "o")
+    assert not (tmp_path / "o").exists()

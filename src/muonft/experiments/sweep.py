@@ -45,13 +45,14 @@ from rich.progress import (
 )
 
 from muonft.analysis.aggregate import best_lr_table, cell_label, runs_frame
-from muonft.errors import MuonftError
+from muonft.errors import ConfigError, MuonftError
 from muonft.experiments.ray_executor import RayPool
 from muonft.experiments.run import call_runner, spec_label
 from muonft.experiments.runners import register_runner, runner_path
 from muonft.experiments.sweep_spec import SweepSpec, expand, lr_grid_for
 from muonft.spec import RunSpec, cell_key, run_id
 from muonft.store import Store
+from muonft.train.plugins import resolve
 
 __all__ = ["SweepSummary", "register_runner", "run_sweep"]
 
@@ -109,6 +110,24 @@ def default_workers_threads(workers: int | None, threads: int | None) -> tuple[i
     if w < 0 or t < 1:
         raise ValueError(f"workers must be >= 0 and threads >= 1, got {w}, {t}")
     return w, t
+
+
+def check_runs(specs: list[RunSpec]) -> None:
+    """Refuse a sweep whose runs could never start — an unknown runner kind, or a
+    fine-tuning run whose init no model family claims, whose task does not fit the model or
+    whose Muon scale rule does not exist — with one ConfigError naming the run, before
+    anything is written (it used to finish with "N failed")."""
+    seen: set[tuple] = set()
+    for s in specs:
+        runner_path(s.kind)
+        key = (s.kind, s.init, s.task, s.optimizer, s.muon.scale)
+        if s.kind not in ("finetune", "vision") or key in seen:
+            continue
+        seen.add(key)
+        try:
+            resolve(s)
+        except ConfigError as e:
+            raise ConfigError(f"run {spec_label(s)}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,8 +266,7 @@ def run_sweep(sweep: SweepSpec, out: str | os.PathLike, *, workers: int | None =
     if gpus_per_run < 0:
         raise ValueError(f"gpus_per_run must be >= 0, got {gpus_per_run}")
     out = Path(out)
-    for s in expand(sweep):  # unknown kind → one-line error before the store is touched
-        runner_path(s.kind)
+    check_runs(expand(sweep))  # bad kinds, inits, tasks, scale rules: before the store
     store = Store(out)
     w, t = default_workers_threads(workers if workers is not None else sweep.workers,
                                    threads if threads is not None else sweep.threads)

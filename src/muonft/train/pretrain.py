@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from muonft import cache
-from muonft.atomic import atomic_write_json
+from muonft.atomic import atomic_write_json, sha256_file
 from muonft.data import LMBatcher, eval_batches, get_tokenizer, load_lm_splits
 from muonft.diagnostics import spectral_metrics
 from muonft.errors import CheckpointError, ConfigError
@@ -246,7 +246,7 @@ def pretrain(spec: dict[str, Any], out: Path | None = None, *, threads: int | No
     record = {"spec": spec, "status": result["status"], "metrics": metrics,
               "curves": result["curves"], "timings": result["timings"],
               "versions": {"torch": torch.__version__, "python": platform.python_version()},
-              "error": None}
+              "weights_sha256": sha256_file(out / "model.safetensors"), "error": None}
     atomic_write_json(out / "run.json", record)
     dd.teardown(ctx)
     return record

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from muonft.atomic import atomic_write_json
+from muonft.atomic import atomic_write_json, sha256_file
 from muonft.cache import cache_dir
 from muonft.data.images import PRETRAIN_TASK, ImageBatcher, load_task
 from muonft.errors import ConfigError
@@ -166,7 +166,8 @@ def vision_pretrain(spec: dict[str, Any], out: Path | None = None, *,
                **hidden_weight_stats(model), **t,
                "images_per_s": t["train_s"] and result["steps"] * spec["batch_size"] / t["train_s"]}
     record = {"spec": spec, "status": result["status"], "metrics": metrics,
-              "curves": result["curves"], "timings": t, "versions": _versions(), "error": None}
+              "curves": result["curves"], "timings": t, "versions": _versions(),
+              "weights_sha256": sha256_file(out / "model.safetensors"), "error": None}
     atomic_write_json(out / "run.json", record)
     return record
 

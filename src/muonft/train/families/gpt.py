@@ -79,6 +79,21 @@ def _tokenizer(cfg: dict[str, Any]):
     return get_tokenizer(cfg["tokenizer"]["vocab_size"], corpus=cfg["tokenizer"]["corpus"])
 
 
+def verified_weights(path: Path) -> str:
+    """sha256 of ``path/model.safetensors``, checked against the digest its ``run.json``
+    recorded when it was written (outputs of earlier versions have none): a flipped bit in a
+    pretrained model is refused instead of fine-tuned."""
+    digest = sha256_file(path / "model.safetensors")
+    try:
+        recorded = json.loads((path / "run.json").read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None and recorded != digest:
+        raise CheckpointError(f"{path / 'model.safetensors'} does not match the sha256 its "
+                              f"run.json recorded (corrupt or replaced); pretrain it again")
+    return digest
+
+
 def checkpoint_kind(init: str) -> str | None:
     """The ``kind`` in the ``config.json`` of a pretrain output (``gpt`` when it names none),
     ``None`` when ``init`` is no such output (path or cache name)."""
@@ -129,7 +144,7 @@ class GPTSource:
         probe = LMProbe(corpus, load_lm_splits(corpus, tok).heldout, block_size, EVAL_WINDOWS,
                         spec.eval_batches, None)
         return Loaded(model.to(device), probe, tokenizer=tok, lm_eval_windows=EVAL_WINDOWS,
-                      identity={"weights": sha256_file(path / "model.safetensors")})
+                      identity={"weights": verified_weights(path)})
 
 
 SOURCE = GPTSource()

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from muonft.atomic import sha256_file
 from muonft.data.images import PRETRAIN_TASK, load_task
 from muonft.models import build_model
 from muonft.spec import RunSpec
@@ -24,6 +23,7 @@ from muonft.train.families.gpt import (
     checkpoint_kind,
     export_checkpoint,
     resolve_init,
+    verified_weights,
 )
 from muonft.train.plugins import Loaded
 from muonft.train.probes import ImageProbe
@@ -63,8 +63,7 @@ class ViTSource:
         size = model.config.image_size
         pretrain_task = cfg.get("pretrain_task", PRETRAIN_TASK)
         probe = ImageProbe(pretrain_task, load_task(pretrain_task, size).heldout, True)
-        return Loaded(model, probe, image_size=size,
-                      identity={"weights": sha256_file(path / "model.safetensors")})
+        return Loaded(model, probe, image_size=size, identity={"weights": verified_weights(path)})
 
 
 SOURCE = ViTSource()
