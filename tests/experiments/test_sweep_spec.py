@@ -95,3 +95,10 @@ def test_huge_grids_and_booleans_are_refused_before_expansion():
         parse_sweep_spec({"name": "b", "base": {"steps": True, "lr": 0.1}})
     with pytest.raises(ConfigError, match="lr: expected a number, got True"):
         parse_sweep_spec({"name": "b", "base": {"lr": True}})
+
+
+def test_a_binary_spec_file_is_named_in_its_error(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"\x80\x81 binary")
+    with pytest.raises(ConfigError, match=r"s\.yaml is not a UTF-8 text file \(byte 0"):
+        load_sweep_spec(path)

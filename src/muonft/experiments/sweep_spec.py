@@ -213,7 +213,10 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a UTF-8 text file (byte {e.start}: "
+                          f"{e.object[e.start:e.start + 1]!r}); give a YAML sweep spec") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
