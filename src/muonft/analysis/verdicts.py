@@ -713,14 +713,58 @@ def _paired(doc: dict[str, Any], fn) -> tuple[float, float]:
     return float(vals.mean()), t_ci_halfwidth(vals)
 
 
+NOT_DISCRIMINATING = "not discriminating"
+# GD and Muon "end at the same point" when ‖W_GD − X⁺Y‖ + ‖W_Muon − X⁺Y‖ ≤ this × ‖X⁺Y‖ (both
+# runs stop at a relative loss ≤ 1e-10, i.e. a relative residual ≤ 1e-5).
+SAME_POINT_TOL = 1e-3
+# 1d's "the mismatch vanishes at rank 1": the Adam–Muon distance of the rank-1 LoRA updates
+# (relative to their mean norm) is equivalent to 0 within this margin (TOST).
+LORA_RANK1_MARGIN = 0.05
+
+
+def _gd_same_as_muon(doc: dict[str, Any]) -> float | None:
+    """The largest bound over seeds on ‖W_GD − W_Muon‖/‖X⁺Y‖ (triangle inequality through
+    X⁺Y) when it is ≤ SAME_POINT_TOL on every seed, else None (also without a GD run)."""
+    bounds = [s["optimizers"]["gd"]["dist_to_frobenius"]
+              + s["optimizers"]["muon"]["dist_to_frobenius"]
+              for s in _toy_seeds(doc) if "gd" in s["optimizers"]]
+    if len(bounds) < len(_toy_seeds(doc)) or max(bounds) > SAME_POINT_TOL:
+        return None
+    return float(max(bounds))
+
+
+def _lora_rank1_row(doc: dict[str, Any]) -> ClaimResult:
+    """1d: per seed, (Adam–Muon distance of full fine-tuning) − (the same at LoRA rank 1), >0
+    predicted; the equivalence column tests the rank-1 distance itself against 0."""
+    st = ("the Adam/Muon mismatch vanishes at LoRA rank 1 (their updates are closer at r = 1 "
+          "than in full fine-tuning)")
+    seeds = _toy_seeds(doc)
+    if not all("1" in s.get("lora", {}).get("by_rank", {}) for s in seeds):
+        return _no_data("1d", st, "a LoRA rank-1 run in toy.json")
+    n = len(seeds)
+    r1 = np.array([s["lora"]["by_rank"]["1"]["adam_vs_muon_dist"] for s in seeds], dtype=float)
+    full = np.array([s["lora"]["full"]["adam_vs_muon_dist"] for s in seeds], dtype=float)
+    r = _result("1d", st, f"Adam–Muon update distance: r=1 {r1.mean():.3g}, full "
+                f"{full.mean():.3g}", float((full - r1).mean()), t_ci_halfwidth(full - r1),
+                f"paired t-interval over {n} toy seed(s); TOST of the r=1 distance against "
+                f"±{LORA_RANK1_MARGIN:g}", df=n - 1)
+    vanishes = tost(float(r1.mean()), t_ci_halfwidth(r1, 0.90), LORA_RANK1_MARGIN)
+    r.equivalence = f"r=1 distance {vanishes}"
+    return r
+
+
 def toy_claims(doc: dict[str, Any]) -> pd.DataFrame:
     """Claim 1 rows from a toy document (``muonft toy`` / ``reproduce``'s ``toy.json``).
 
     Gaps are relative excesses of a norm over the smallest norm any interpolant reaches
     (0 = the minimum-norm solution). 1a: Muon's spectral-norm gap is smaller than SignGD's and
     Adam's; 1b: SignGD/Adam's max-norm gap is smaller than Muon's; 1c: Muon's solution has a
-    higher stable rank than SignGD/Adam's. Each estimate is the mean paired per-seed difference
-    with a t-interval over seeds."""
+    higher stable rank than SignGD/Adam's; 1d: the Adam–Muon distance of the LoRA updates is
+    smaller at rank 1 than in full fine-tuning (and, in the equivalence column, whether it is
+    0 within ±LORA_RANK1_MARGIN). Each estimate is the mean paired per-seed difference with a
+    t-interval over seeds. 1a's verdict is ``not discriminating`` when GD ends at the same
+    point as Muon (within SAME_POINT_TOL on every seed): on under-determined least squares
+    both reach X⁺Y from W₀ = 0, so the row cannot tell Muon's bias from plain GD's."""
     n = len(_toy_seeds(doc))
     sign_adam = ("signgd", "adam")
 
@@ -744,5 +788,13 @@ def toy_claims(doc: dict[str, Any]) -> pd.DataFrame:
                  for k in ("muon", *sign_adam)}
         measured = f"{key}: " + ", ".join(f"{k} {v:.3g}" for k, v in means.items())
         rows.append(_result(claim, statement, measured, est, half,
-                            f"paired t-interval over {n} toy seed(s)").as_dict())
-    return pd.DataFrame(rows, columns=list(ClaimResult.__dataclass_fields__))
+                            f"paired t-interval over {n} toy seed(s)", df=n - 1))
+    same = _gd_same_as_muon(doc)
+    if same is not None:
+        rows[0].verdict = NOT_DISCRIMINATING
+        rows[0].measured += f"; GD ends at Muon's point (‖ΔW‖ ≤ {same:.1g}·‖X⁺Y‖)"
+        rows[0].method += ("; GD reaches the same interpolant, so this toy cannot tell "
+                           "Muon's bias from GD's")
+    rows.append(_lora_rank1_row(doc))
+    return pd.DataFrame([r.as_dict() for r in rows],
+                        columns=list(ClaimResult.__dataclass_fields__))
